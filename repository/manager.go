@@ -1,0 +1,409 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/kopia/kopia/repo"
+	"github.com/kopia/kopia/repo/blob"
+	"github.com/kopia/kopia/repo/content"
+	"github.com/kopia/kopia/repo/format"
+	"github.com/kopia/kopia/repo/logging"
+	"github.com/kopia/kopia/repo/maintenance"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Identity is the maintenance owner this process acts as (user@host).
+type Identity struct {
+	Username string
+	Hostname string
+}
+
+// String returns the identity in kopia's user@host form.
+func (i Identity) String() string { return i.Username + "@" + i.Hostname }
+
+// Spec is one repository the manager maintains.
+type Spec struct {
+	// Name is unique among the manager's repositories and safe in file names.
+	Name    string
+	Storage Storage
+	// Password returns the repository password; it is called on every open so
+	// a rotated secret file is picked up.
+	Password func() (string, error)
+	// Create initialises a repository when the storage holds none.
+	Create    bool
+	Ownership Ownership
+}
+
+// Options configure a Manager.
+type Options struct {
+	// StateDirectory holds the private kopia connection files, caches and the
+	// remembered previous owners. It is created with mode 0700.
+	StateDirectory string
+	Identity       Identity
+	Logger         *zap.Logger
+	// Now is the clock used for kopia (repo.Options.TimeNowFunc) and for
+	// ownership decisions; default time.Now.
+	Now func() time.Time
+}
+
+// Manager opens and maintains a set of repositories. It is safe for
+// concurrent use; callers make sure one repository is not run twice at once
+// (the scheduler does, and kopia's local lock is a second guard).
+type Manager struct {
+	opts Options
+	log  *zap.Logger
+
+	mu    sync.Mutex
+	specs map[string]Spec
+}
+
+var validName = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
+
+// NewManager returns a manager for specs. It creates the state directory.
+func NewManager(opts Options, specs []Spec) (*Manager, error) {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+
+	if opts.Identity.Username == "" || opts.Identity.Hostname == "" {
+		return nil, errors.New("identity needs a username and a hostname")
+	}
+
+	if err := os.MkdirAll(opts.StateDirectory, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+
+	// MkdirAll leaves an existing directory's mode alone; the connection files
+	// and caches must not be readable by others.
+	if err := os.Chmod(opts.StateDirectory, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict state directory: %w", err)
+	}
+
+	registerHandleType()
+
+	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}}
+	if err := m.Update(specs); err != nil {
+		return nil, err
+	}
+
+	return m, nil
+}
+
+// Update replaces the set of repositories (a config reload). Runs in flight
+// keep the spec they started with.
+func (m *Manager) Update(specs []Spec) error {
+	next := make(map[string]Spec, len(specs))
+
+	for _, s := range specs {
+		if !validName.MatchString(s.Name) {
+			return fmt.Errorf("invalid repository name %q", s.Name)
+		}
+
+		if _, dup := next[s.Name]; dup {
+			return fmt.Errorf("duplicate repository name %q", s.Name)
+		}
+
+		if s.Password == nil {
+			return fmt.Errorf("repository %q: no password source", s.Name)
+		}
+
+		next[s.Name] = s
+		storage := s.Storage
+		handles.Store(m.handle(s.Name), func(ctx context.Context) (blob.Storage, error) {
+			return storage.openBlobStorage(ctx, false)
+		})
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	for name := range m.specs {
+		if _, keep := next[name]; !keep {
+			handles.Delete(m.handle(name))
+		}
+	}
+
+	m.specs = next
+
+	return nil
+}
+
+// Names returns the names of the managed repositories.
+func (m *Manager) Names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	names := make([]string, 0, len(m.specs))
+	for n := range m.specs {
+		names = append(names, n)
+	}
+
+	return names
+}
+
+// Identity returns the identity the manager acts as.
+func (m *Manager) Identity() Identity { return m.opts.Identity }
+
+func (m *Manager) spec(name string) (Spec, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	s, ok := m.specs[name]
+	if !ok {
+		return Spec{}, fmt.Errorf("%w: %q", ErrUnknownRepository, name)
+	}
+
+	return s, nil
+}
+
+func (m *Manager) repoDir(name string) string {
+	return filepath.Join(m.opts.StateDirectory, "repositories", name)
+}
+
+func (m *Manager) configFile(name string) string {
+	return filepath.Join(m.repoDir(name), "kopia.config")
+}
+
+// handle keys the in-process storage registry. It includes the state
+// directory so two managers in one process (tests, run-once beside a daemon
+// library user) never share an entry.
+func (m *Manager) handle(name string) string {
+	return m.configFile(name)
+}
+
+// session is an open repository bound to one operation.
+type session struct {
+	spec Spec
+	rep  repo.DirectRepository
+	ctx  context.Context // carries kopia's logger; cancelled on a kopia fatal error
+	log  *zap.Logger
+	stop context.CancelFunc
+}
+
+func (s *session) Close() {
+	if err := s.rep.Close(context.WithoutCancel(s.ctx)); err != nil {
+		s.log.Warn("close repository", zap.Error(err))
+	}
+
+	s.stop()
+}
+
+// kopiaContext routes kopia's logs into zap. kopia narrates its work at Info;
+// those lines are demoted to Debug so the daemon's own per-run and per-task
+// lines stay the Info-level story.
+func (m *Manager) kopiaContext(ctx context.Context, log *zap.Logger) context.Context {
+	kl := log.Named("kopia").WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return demoteInfo{c}
+	}))
+
+	return logging.WithLogger(ctx, func(module string) logging.Logger {
+		return kl.Named(module).Sugar()
+	})
+}
+
+// open connects (once per storage, creating the repository when the spec asks
+// for it) and opens the repository.
+func (m *Manager) open(ctx context.Context, name string) (*session, error) {
+	spec, err := m.spec(name)
+	if err != nil {
+		return nil, err
+	}
+
+	log := m.log.With(zap.String("repository", name))
+
+	password, err := spec.Password()
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read password: %w", name, err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	kctx := m.kopiaContext(ctx, log)
+
+	if err := m.connect(kctx, spec, password, log); err != nil {
+		cancel()
+		return nil, err
+	}
+
+	r, err := repo.Open(kctx, m.configFile(name), password, &repo.Options{
+		TimeNowFunc:         m.opts.Now,
+		DoNotWaitForUpgrade: true,
+		OnFatalError: func(err error) {
+			// kopia's default exits the process; one repository's fatal
+			// error must only end that repository's operation.
+			log.Error("kopia reported a fatal repository error", zap.Error(err))
+			cancel()
+		},
+	})
+	if err != nil {
+		cancel()
+		return nil, m.openError(spec, err)
+	}
+
+	dr, ok := r.(repo.DirectRepository)
+	if !ok {
+		_ = r.Close(kctx)
+
+		cancel()
+
+		return nil, fmt.Errorf("repository %q: not a direct repository connection", name)
+	}
+
+	return &session{spec: spec, rep: dr, ctx: kctx, log: log, stop: cancel}, nil
+}
+
+// connect writes the private connection file when it is missing or was made
+// for another storage.
+func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *zap.Logger) error {
+	dir := m.repoDir(spec.Name)
+	stampFile := filepath.Join(dir, "storage.fingerprint")
+	fp := spec.Storage.fingerprint()
+
+	if b, err := os.ReadFile(stampFile); err == nil && string(b) == fp {
+		if _, err := os.Stat(m.configFile(spec.Name)); err == nil {
+			return nil
+		}
+	}
+
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("repository %q: reset connection directory: %w", spec.Name, err)
+	}
+
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("repository %q: create connection directory: %w", spec.Name, err)
+	}
+
+	st, err := m.storageForConnect(ctx, spec)
+	if err != nil {
+		return err
+	}
+	defer st.Close(ctx) //nolint:errcheck
+
+	opts := &repo.ConnectOptions{
+		ClientOptions: repo.ClientOptions{
+			Username:    m.opts.Identity.Username,
+			Hostname:    m.opts.Identity.Hostname,
+			Description: "kopia-maintd " + spec.Name,
+		},
+		CachingOptions: content.CachingOptions{
+			CacheDirectory:         filepath.Join(dir, "cache"),
+			ContentCacheSizeBytes:  64 << 20,
+			MetadataCacheSizeBytes: 256 << 20,
+		},
+	}
+
+	err = repo.Connect(ctx, m.configFile(spec.Name), st, password, opts)
+	if errors.Is(err, repo.ErrRepositoryNotInitialized) && spec.Create {
+		if err = m.create(ctx, spec, st, password, log); err == nil {
+			err = repo.Connect(ctx, m.configFile(spec.Name), st, password, opts)
+		}
+	}
+
+	if err != nil {
+		return m.openError(spec, err)
+	}
+
+	if err := os.WriteFile(stampFile, []byte(fp), 0o600); err != nil {
+		return fmt.Errorf("repository %q: write connection stamp: %w", spec.Name, err)
+	}
+
+	return nil
+}
+
+func (m *Manager) storageForConnect(ctx context.Context, spec Spec) (*handleStorage, error) {
+	st, err := spec.Storage.openBlobStorage(ctx, spec.Create)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: %w", spec.Name, err)
+	}
+
+	return &handleStorage{Storage: st, handle: m.handle(spec.Name)}, nil
+}
+
+// create initialises a new repository and makes this identity its
+// maintenance owner, as kopia's CLI does for the user who creates one.
+func (m *Manager) create(ctx context.Context, spec Spec, st *handleStorage, password string, log *zap.Logger) error {
+	if err := repo.Initialize(ctx, st, &repo.NewRepositoryOptions{}, password); err != nil {
+		return fmt.Errorf("repository %q: create repository at %s: %w", spec.Name, spec.Storage.Location(), err)
+	}
+
+	cfg := filepath.Join(m.repoDir(spec.Name), "create.config")
+	defer os.Remove(cfg) //nolint:errcheck
+
+	if err := repo.Connect(ctx, cfg, st, password, &repo.ConnectOptions{ClientOptions: repo.ClientOptions{
+		Username: m.opts.Identity.Username,
+		Hostname: m.opts.Identity.Hostname,
+	}}); err != nil {
+		return fmt.Errorf("repository %q: connect to new repository: %w", spec.Name, err)
+	}
+
+	r, err := repo.Open(ctx, cfg, password, &repo.Options{TimeNowFunc: m.opts.Now, DoNotWaitForUpgrade: true, OnFatalError: func(error) {}})
+	if err != nil {
+		return fmt.Errorf("repository %q: open new repository: %w", spec.Name, err)
+	}
+	defer r.Close(ctx) //nolint:errcheck
+
+	err = repo.WriteSession(ctx, r, repo.WriteSessionOptions{Purpose: "kopia-maintd: set maintenance owner"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+		p := maintenance.DefaultParams()
+		p.Owner = m.opts.Identity.String()
+
+		return maintenance.SetParams(ctx, w, &p)
+	})
+	if err != nil {
+		return fmt.Errorf("repository %q: set owner of new repository: %w", spec.Name, err)
+	}
+
+	log.Info("created repository", zap.String("location", spec.Storage.Location()), zap.String("owner", m.opts.Identity.String()))
+
+	return nil
+}
+
+// openError turns kopia's open and connect errors into messages that name the
+// repository and say what to do.
+func (m *Manager) openError(spec Spec, err error) error {
+	switch {
+	case errors.Is(err, repo.ErrRepositoryNotInitialized):
+		return fmt.Errorf("repository %q: %w at %s (set create: true to create one)", spec.Name, ErrNoRepository, spec.Storage.Location())
+	case errors.Is(err, format.ErrInvalidPassword):
+		return fmt.Errorf("repository %q: %w", spec.Name, ErrWrongPassword)
+	case errors.Is(err, repo.ErrRepositoryUnavailableDueToUpgradeInProgress):
+		return fmt.Errorf("repository %q: %w", spec.Name, err)
+	default:
+		return fmt.Errorf("repository %q: open %s: %w", spec.Name, spec.Storage.Location(), err)
+	}
+}
+
+// demoteInfo lowers kopia's Info entries to Debug.
+type demoteInfo struct{ zapcore.Core }
+
+func (d demoteInfo) With(f []zapcore.Field) zapcore.Core { return demoteInfo{d.Core.With(f)} }
+
+func (d demoteInfo) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.Level == zapcore.InfoLevel {
+		e.Level = zapcore.DebugLevel
+	}
+
+	if d.Enabled(e.Level) {
+		return ce.AddCore(e, d)
+	}
+
+	return ce
+}
+
+func (d demoteInfo) Write(e zapcore.Entry, f []zapcore.Field) error {
+	if e.Level == zapcore.InfoLevel {
+		e.Level = zapcore.DebugLevel
+	}
+
+	return d.Core.Write(e, f)
+}

@@ -1,0 +1,348 @@
+package repository
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kopia/kopia/repo"
+	"github.com/kopia/kopia/repo/maintenance"
+	"github.com/kopia/kopia/repo/maintenancestats"
+	"github.com/kopia/kopia/snapshot/snapshotgc"
+	"go.uber.org/zap"
+)
+
+// Cycle is a kind of maintenance cycle.
+type Cycle string
+
+// Maintenance cycles.
+const (
+	Quick Cycle = "quick"
+	Full  Cycle = "full"
+)
+
+// RunRequest asks for one maintenance cycle.
+type RunRequest struct {
+	Cycle Cycle
+	// NextQuick and NextFull are when the daemon will run each cycle next.
+	// They are written into kopia's own schedule so `kopia maintenance info`
+	// agrees with the daemon. Zero leaves kopia's value alone.
+	NextQuick, NextFull time.Time
+	// QuickInterval and FullInterval are the nominal cycle intervals written
+	// into the repository's maintenance params. Zero leaves kopia's value.
+	QuickInterval, FullInterval time.Duration
+}
+
+// TaskResult is one kopia maintenance task as recorded in the repository's
+// run history.
+type TaskResult struct {
+	Task    string    `json:"task"`
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	Success bool      `json:"success"`
+	Error   string    `json:"error,omitempty"`
+	// Summary is kopia's maintenancestats summary of the task's statistics.
+	Summary string `json:"summary,omitempty"`
+	// Stats holds the statistics by kind, as kopia encodes them.
+	Stats map[string]map[string]any `json:"stats,omitempty"`
+}
+
+// Duration is how long the task took.
+func (t TaskResult) Duration() time.Duration { return t.End.Sub(t.Start) }
+
+// Report is the outcome of one Run.
+type Report struct {
+	Repository string       `json:"repository"`
+	Cycle      Cycle        `json:"cycle"`
+	Start      time.Time    `json:"start"`
+	End        time.Time    `json:"end"`
+	Owner      string       `json:"owner"`
+	TookOver   bool         `json:"tookOver"`
+	Tasks      []TaskResult `json:"tasks"`
+}
+
+// safety is the only safety level of scheduled runs: kopia's SafetyFull
+// margins make maintenance safe while other clients write snapshots.
+var safety = maintenance.SafetyFull
+
+// Run performs one maintenance cycle with SafetyFull, applying the
+// ownership policy first. A skipped run returns an error with a
+// `Skipped() bool` method (*NotOwnerError, *LockedError). The report is
+// returned with whatever tasks ran, also on failure.
+func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report, error) {
+	var mode maintenance.Mode
+
+	switch req.Cycle {
+	case Quick:
+		mode = maintenance.ModeQuick
+	case Full:
+		mode = maintenance.ModeFull
+	default:
+		return nil, fmt.Errorf("unknown maintenance cycle %q", req.Cycle)
+	}
+
+	s, err := m.open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+
+	report := &Report{Repository: name, Cycle: req.Cycle, Start: m.opts.Now()}
+
+	p, err := maintenance.GetParams(s.ctx, s.rep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+	}
+
+	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", name, err)
+	}
+
+	tookOver, err := m.ensureOwnership(s, p, sched)
+	if err != nil {
+		return nil, err
+	}
+
+	report.TookOver = tookOver
+	report.Owner = p.Owner
+
+	if tookOver || syncIntervals(p, req) {
+		if err := setParams(s.ctx, s.rep, p, "kopia-maintd: maintenance params"); err != nil {
+			return nil, fmt.Errorf("repository %q: write maintenance params: %w", name, err)
+		}
+	}
+
+	s.log.Info("maintenance run started", zap.String("cycle", string(req.Cycle)), zap.String("owner", p.Owner))
+
+	ran := false
+	runErr := repo.DirectWriteSession(s.ctx, s.rep, repo.WriteSessionOptions{Purpose: "kopia-maintd: " + string(req.Cycle) + " maintenance"},
+		func(ctx context.Context, dw repo.DirectRepositoryWriter) error {
+			dw.LogManager().Enable()
+
+			err := maintenance.RunExclusive(ctx, dw, mode, false, func(ctx context.Context, rp maintenance.RunParameters) error {
+				ran = true
+
+				// The same steps as kopia's snapshotmaintenance.Run: snapshot
+				// GC marks unreferenced contents before a full cycle.
+				if rp.Mode == maintenance.ModeFull {
+					if err := snapshotgc.Run(ctx, dw, true, safety, rp.MaintenanceStartTime); err != nil {
+						return fmt.Errorf("snapshot gc: %w", err)
+					}
+				}
+
+				return maintenance.Run(ctx, rp, safety)
+			})
+
+			if ran {
+				// RunExclusive moved kopia's schedule to now+interval before
+				// running; put the daemon's cron times there instead, also
+				// after a failed run, so kopia's view stays truthful.
+				if serr := writeNextTimes(ctx, dw, req); serr != nil && err == nil {
+					err = serr
+				}
+			}
+
+			return err
+		})
+
+	report.End = m.opts.Now()
+
+	if tasks, terr := m.tasksSince(s, report.Start); terr == nil {
+		report.Tasks = tasks
+	} else if runErr == nil {
+		runErr = terr
+	}
+
+	for _, t := range report.Tasks {
+		logTask(s.log, t)
+	}
+
+	if runErr == nil && !ran {
+		return report, &LockedError{Repository: name}
+	}
+
+	if runErr != nil {
+		var notOwned maintenance.NotOwnedError
+		if errors.As(runErr, &notOwned) {
+			// Someone changed the owner between our check and kopia's.
+			return report, &NotOwnerError{Repository: name, Owner: notOwned.Owner, Reason: "ownership changed during the run"}
+		}
+
+		return report, fmt.Errorf("repository %q: %s maintenance: %w", name, req.Cycle, runErr)
+	}
+
+	return report, nil
+}
+
+// syncIntervals writes the daemon's cycle intervals into params and reports
+// whether anything changed.
+func syncIntervals(p *maintenance.Params, req RunRequest) bool {
+	changed := false
+
+	if req.QuickInterval > 0 && (p.QuickCycle.Interval != req.QuickInterval || !p.QuickCycle.Enabled) {
+		p.QuickCycle = maintenance.CycleParams{Enabled: true, Interval: req.QuickInterval}
+		changed = true
+	}
+
+	if req.FullInterval > 0 && (p.FullCycle.Interval != req.FullInterval || !p.FullCycle.Enabled) {
+		p.FullCycle = maintenance.CycleParams{Enabled: true, Interval: req.FullInterval}
+		changed = true
+	}
+
+	return changed
+}
+
+func writeNextTimes(ctx context.Context, dw repo.DirectRepositoryWriter, req RunRequest) error {
+	if req.NextQuick.IsZero() && req.NextFull.IsZero() {
+		return nil
+	}
+
+	s, err := maintenance.GetSchedule(ctx, dw)
+	if err != nil {
+		return fmt.Errorf("read maintenance schedule: %w", err)
+	}
+
+	if !req.NextQuick.IsZero() {
+		s.NextQuickMaintenanceTime = req.NextQuick
+	}
+
+	if !req.NextFull.IsZero() {
+		s.NextFullMaintenanceTime = req.NextFull
+	}
+
+	if err := maintenance.SetSchedule(ctx, dw, s); err != nil {
+		return fmt.Errorf("write maintenance schedule: %w", err)
+	}
+
+	return nil
+}
+
+// tasksSince returns the tasks recorded in the run history that started at
+// or after since, oldest first.
+func (m *Manager) tasksSince(s *session, since time.Time) ([]TaskResult, error) {
+	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", s.spec.Name, err)
+	}
+
+	var out []TaskResult
+
+	for task, runs := range sched.Runs {
+		for _, r := range runs {
+			if r.Start.Before(since) {
+				continue
+			}
+
+			out = append(out, taskResult(string(task), r))
+		}
+	}
+
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+
+	return out, nil
+}
+
+func taskResult(task string, r maintenance.RunInfo) TaskResult {
+	t := TaskResult{Task: task, Start: r.Start, End: r.End, Success: r.Success, Error: r.Error}
+
+	var summaries []string
+
+	for _, e := range r.Extra {
+		if sum, err := maintenancestats.BuildFromExtra(e); err == nil {
+			summaries = append(summaries, sum.Summary())
+		}
+
+		if t.Stats == nil {
+			t.Stats = map[string]map[string]any{}
+		}
+
+		var fields map[string]any
+		if err := json.Unmarshal(e.Data, &fields); err == nil {
+			t.Stats[e.Kind] = fields
+		}
+	}
+
+	t.Summary = strings.Join(summaries, "; ")
+
+	return t
+}
+
+func logTask(log *zap.Logger, t TaskResult) {
+	fields := []zap.Field{
+		zap.String("task", t.Task),
+		zap.Bool("success", t.Success),
+		zap.Float64("duration_seconds", t.Duration().Seconds()),
+	}
+
+	if t.Summary != "" {
+		fields = append(fields, zap.String("stats", t.Summary))
+	}
+
+	if t.Success {
+		log.Info("maintenance task finished", fields...)
+		return
+	}
+
+	log.Warn("maintenance task failed", append(fields, zap.String("error", t.Error))...)
+}
+
+// LastSuccess returns when the last quick and full cycle completed
+// successfully, read from the repository's run history. A full cycle counts
+// when a snapshot-gc succeeded and the cycle's last task (cleanup-logs) then
+// succeeded too; a quick cycle's work is also done by a full cycle.
+func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full time.Time, err error) {
+	s, err := m.open(ctx, name)
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	defer s.Close()
+
+	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	if err != nil {
+		return time.Time{}, time.Time{}, fmt.Errorf("repository %q: read maintenance schedule: %w", name, err)
+	}
+
+	quick, full = lastCycleSuccess(sched.Runs)
+
+	return quick, full, nil
+}
+
+func lastCycleSuccess(runs map[maintenance.TaskType][]maintenance.RunInfo) (quick, full time.Time) {
+	gc := newestSuccess(runs[maintenance.TaskSnapshotGarbageCollection])
+	if !gc.End.IsZero() {
+		for _, r := range runs[maintenance.TaskCleanupLogs] {
+			if r.Success && !r.Start.Before(gc.Start) && r.End.After(full) {
+				full = r.End
+			}
+		}
+	}
+
+	quick = full
+
+	// Quick cycles end with advance-epoch (epoch index format, the default)
+	// or cleanup-logs (legacy index format, after index-compaction).
+	for _, t := range []maintenance.TaskType{maintenance.TaskEpochAdvance, maintenance.TaskIndexCompaction} {
+		if r := newestSuccess(runs[t]); r.End.After(quick) {
+			quick = r.End
+		}
+	}
+
+	return quick, full
+}
+
+func newestSuccess(runs []maintenance.RunInfo) maintenance.RunInfo {
+	var best maintenance.RunInfo
+
+	for _, r := range runs {
+		if r.Success && r.End.After(best.End) {
+			best = r
+		}
+	}
+
+	return best
+}

@@ -1,0 +1,144 @@
+package repository
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/kopia/kopia/repo/blob"
+	"github.com/kopia/kopia/repo/blob/filesystem"
+	"github.com/kopia/kopia/repo/blob/s3"
+)
+
+// Storage names where a repository's blobs live. Exactly one backend is set.
+type Storage struct {
+	Filesystem *FilesystemStorage
+	S3         *S3Storage
+
+	// open replaces the real backends in tests (a storage whose timestamps
+	// follow a fake clock, fault injection). Set through export_test.go only.
+	open func(ctx context.Context) (blob.Storage, error)
+}
+
+// FilesystemStorage is a repository in a local directory.
+type FilesystemStorage struct {
+	Path string
+}
+
+// S3Storage is a repository in an S3-compatible bucket.
+type S3Storage struct {
+	Bucket        string
+	Prefix        string
+	Endpoint      string
+	Region        string
+	Insecure      bool // plain http
+	SkipTLSVerify bool
+	// AccessKeyID and SecretAccessKey may both be empty: kopia then falls back
+	// to the AWS_* environment and instance credentials.
+	AccessKeyID     string
+	SecretAccessKey string
+}
+
+// Location describes the storage for people: it never contains a credential.
+func (s Storage) Location() string {
+	switch {
+	case s.Filesystem != nil:
+		return "filesystem:" + s.Filesystem.Path
+	case s.S3 != nil:
+		scheme := "https"
+		if s.S3.Insecure {
+			scheme = "http"
+		}
+
+		return fmt.Sprintf("s3:%s://%s/%s/%s", scheme, s.S3.Endpoint, s.S3.Bucket, s.S3.Prefix)
+	case s.open != nil:
+		return "custom"
+	default:
+		return "none"
+	}
+}
+
+// fingerprint identifies the storage a connection file was made for, so a
+// changed storage section is noticed and the repository reconnected. It hashes
+// the location only: rotating credentials does not force a reconnect.
+func (s Storage) fingerprint() string {
+	h := sha256.Sum256([]byte(s.Location()))
+	return hex.EncodeToString(h[:8])
+}
+
+func (s Storage) openBlobStorage(ctx context.Context, create bool) (blob.Storage, error) {
+	switch {
+	case s.open != nil:
+		return s.open(ctx)
+	case s.Filesystem != nil:
+		st, err := filesystem.New(ctx, &filesystem.Options{Path: s.Filesystem.Path}, create)
+		if err != nil {
+			return nil, fmt.Errorf("open filesystem storage %s: %w", s.Filesystem.Path, err)
+		}
+
+		return st, nil
+	case s.S3 != nil:
+		st, err := s3.New(ctx, &s3.Options{
+			BucketName:      s.S3.Bucket,
+			Prefix:          s.S3.Prefix,
+			Endpoint:        s.S3.Endpoint,
+			Region:          s.S3.Region,
+			DoNotUseTLS:     s.S3.Insecure,
+			DoNotVerifyTLS:  s.S3.SkipTLSVerify,
+			AccessKeyID:     s.S3.AccessKeyID,
+			SecretAccessKey: s.S3.SecretAccessKey,
+		}, create)
+		if err != nil {
+			return nil, fmt.Errorf("open s3 storage %s: %w", s.Location(), err)
+		}
+
+		return st, nil
+	default:
+		return nil, errors.New("no storage backend configured")
+	}
+}
+
+// handleStorageType is the storage type written into the private kopia
+// connection files. Instead of the backend's options (which for S3 include the
+// secret key in plain JSON) the file holds only a handle; the backend is
+// resolved in-process from the handle when kopia opens the repository. This
+// keeps credentials off disk and lets the daemon wrap the storage kopia uses.
+const handleStorageType = "kopia-maintd"
+
+type handleOptions struct {
+	Handle string `json:"handle"`
+}
+
+// handles maps a handle to the function that opens its real storage. kopia's
+// storage registry is process-global, so this registry is too.
+var handles sync.Map // string -> func(context.Context) (blob.Storage, error)
+
+var registerHandleType = sync.OnceFunc(func() {
+	blob.AddSupportedStorage(handleStorageType, handleOptions{}, func(ctx context.Context, o *handleOptions, _ bool) (blob.Storage, error) {
+		v, ok := handles.Load(o.Handle)
+		if !ok {
+			return nil, fmt.Errorf("storage handle %q is not registered in this process", o.Handle)
+		}
+
+		st, err := v.(func(context.Context) (blob.Storage, error))(ctx)
+		if err != nil {
+			return nil, err
+		}
+
+		return &handleStorage{Storage: st, handle: o.Handle}, nil
+	})
+})
+
+// handleStorage reports the handle as its connection info, so the connection
+// file kopia writes names the handle and not the backend's credentials.
+type handleStorage struct {
+	blob.Storage
+	handle string
+}
+
+func (h *handleStorage) ConnectionInfo() blob.ConnectionInfo {
+	return blob.ConnectionInfo{Type: handleStorageType, Config: &handleOptions{Handle: h.handle}}
+}

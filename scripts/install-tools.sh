@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs the real components the test suite runs against, each built from
+# the Go module proxy or taken from Debian's packages, and caches them under
+# $KOPIA_MAINTD_CACHE (default $HOME/.cache/kopia-maintd) keyed by version.
+# Safe to run repeatedly: a cached binary is reused.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${KOPIA_MAINTD_CACHE:-$HOME/.cache/kopia-maintd}
+bin="$cache/tools/bin"
+mkdir -p "$bin"
+export GOFLAGS=${GOFLAGS:-}
+export GOCACHE=${GOCACHE:-$cache/gocache}
+
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+KOPIA_VERSION=v0.22.3
+# staticcheck 2026.1 (module v0.7.0) is the first release that understands Go 1.26.
+STATICCHECK_VERSION=v0.7.0
+
+log() { printf 'install-tools: %s\n' "$*" >&2; }
+
+install_minio() {
+  local dest="$bin/minio-$MINIO_VERSION"
+  if [ ! -x "$dest" ]; then
+    log "building minio $MINIO_VERSION (about 5 minutes the first time)"
+    local tmp; tmp=$(mktemp -d)
+    GOBIN="$tmp" GOFLAGS=-mod=mod go install "github.com/minio/minio@$MINIO_VERSION"
+    mv "$tmp/minio" "$dest"; rm -rf "$tmp"
+  fi
+  ln -sf "$dest" "$bin/minio"
+}
+
+install_kopia() {
+  local dest="$bin/kopia-$KOPIA_VERSION"
+  if [ ! -x "$dest" ]; then
+    log "building kopia CLI $KOPIA_VERSION"
+    (cd "$here/tools/kopia" && GOFLAGS=-mod=mod go build -o "$dest" github.com/kopia/kopia)
+  fi
+  ln -sf "$dest" "$bin/kopia"
+}
+
+install_staticcheck() {
+  local dest="$bin/staticcheck-$STATICCHECK_VERSION"
+  if [ ! -x "$dest" ]; then
+    log "installing staticcheck $STATICCHECK_VERSION"
+    local tmp; tmp=$(mktemp -d)
+    GOBIN="$tmp" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+    mv "$tmp/staticcheck" "$dest"; rm -rf "$tmp"
+  fi
+  ln -sf "$dest" "$bin/staticcheck"
+}
+
+what=${*:-minio kopia staticcheck}
+for t in $what; do "install_$t"; done
+log "tools in $bin"
