@@ -117,7 +117,7 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		}
 	}
 
-	s.log.Info("maintenance run started", zap.String("cycle", string(req.Cycle)), zap.String("owner", p.Owner))
+	s.log.Debug("starting kopia maintenance", zap.String("cycle", string(req.Cycle)), zap.String("owner", p.Owner))
 
 	ran := false
 	runErr := repo.DirectWriteSession(s.ctx, s.rep, repo.WriteSessionOptions{Purpose: "kopia-maintd: " + string(req.Cycle) + " maintenance"},

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/kopia-maintd/kopia-maintd/repository"
+)
+
+func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run-once", stderr)
+	cfgPath := configFlag(fs)
+	name := fs.String("repository", "", "repository to maintain")
+	cycle := fs.String("cycle", "", "quick or full")
+
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+
+	if *cycle != string(repository.Quick) && *cycle != string(repository.Full) {
+		return usagef("--cycle must be quick or full, not %q", *cycle)
+	}
+
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+
+	rc, err := findRepository(cfg, *name)
+	if err != nil {
+		return err
+	}
+
+	log, err := newLogger(cfg.Log, stderr, zapcore.InfoLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck
+
+	mgr, err := newManager(cfg, log.Named("repository"))
+	if err != nil {
+		return err
+	}
+
+	req, err := runRequest(rc, repository.Cycle(*cycle), time.Now())
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	rep, runErr := mgr.Run(ctx, rc.Name, req)
+	if rep != nil {
+		printReport(stdout, rep, runErr)
+	}
+
+	if runErr != nil {
+		var skip interface{ Skipped() bool }
+		if errors.As(runErr, &skip) && skip.Skipped() {
+			return fmt.Errorf("%s cycle skipped: %w", *cycle, runErr)
+		}
+
+		return runErr
+	}
+
+	return nil
+}
+
+func printReport(w io.Writer, r *repository.Report, err error) {
+	result := "succeeded"
+	if err != nil {
+		result = "failed"
+	}
+
+	fmt.Fprintf(w, "repository %s: %s cycle %s in %s (owner %s", r.Repository, r.Cycle, result, r.End.Sub(r.Start).Round(time.Millisecond), r.Owner)
+
+	if r.TookOver {
+		fmt.Fprint(w, ", taken over by this run")
+	}
+
+	fmt.Fprintln(w, ")")
+
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TASK\tRESULT\tDURATION\tSTATS")
+
+	for _, t := range r.Tasks {
+		res := "ok"
+		detail := t.Summary
+
+		if !t.Success {
+			res = "FAILED"
+			detail = t.Error
+		}
+
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Task, res, t.Duration().Round(time.Millisecond), detail)
+	}
+
+	_ = tw.Flush()
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/repository"
+	"github.com/kopia-maintd/kopia-maintd/scheduler"
+)
+
+// repoStatus is one repository in `status` output.
+type repoStatus struct {
+	Name string `json:"name"`
+	*repository.Status
+	// CronNextQuick and CronNextFull are the next slots of the configured
+	// schedules, for comparison with what the repository records.
+	CronNextQuick time.Time `json:"cronNextQuick"`
+	CronNextFull  time.Time `json:"cronNextFull"`
+	Error         string    `json:"error,omitempty"`
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", stderr)
+	cfgPath := configFlag(fs)
+	only := fs.String("repository", "", "show only this repository")
+	asJSON := fs.Bool("json", false, "print JSON")
+
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+
+	repos := cfg.Repositories
+	if *only != "" {
+		r, err := findRepository(cfg, *only)
+		if err != nil {
+			return err
+		}
+
+		repos = []config.Repository{r}
+	}
+
+	log, err := newLogger(cfg.Log, stderr, zapcore.ErrorLevel)
+	if err != nil {
+		return err
+	}
+
+	mgr, err := newManager(cfg, log.Named("repository"))
+	if err != nil {
+		return err
+	}
+
+	ctx := context.Background()
+	now := time.Now()
+	failed := 0
+
+	var out []repoStatus
+
+	for _, r := range repos {
+		rs := repoStatus{Name: r.Name}
+		rs.CronNextQuick, rs.CronNextFull, _ = scheduler.NextTimes(scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}, now)
+
+		st, err := mgr.Status(ctx, r.Name)
+		if err != nil {
+			rs.Error = err.Error()
+			failed++
+		}
+
+		rs.Status = st
+		out = append(out, rs)
+	}
+
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		for i, rs := range out {
+			if i > 0 {
+				fmt.Fprintln(stdout)
+			}
+
+			printStatus(stdout, rs, now)
+		}
+	}
+
+	if failed > 0 {
+		return fmt.Errorf("status of %d of %d repositories could not be read", failed, len(out))
+	}
+
+	return nil
+}
+
+func fmtTime(t time.Time, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+
+	d := t.Sub(now).Round(time.Second)
+
+	rel := "in " + d.String()
+	if d < 0 {
+		rel = (-d).String() + " ago"
+	}
+
+	return t.UTC().Format("2006-01-02 15:04:05 UTC") + " (" + rel + ")"
+}
+
+func printStatus(w io.Writer, rs repoStatus, now time.Time) {
+	fmt.Fprintf(w, "repository %s\n", rs.Name)
+
+	if rs.Status == nil {
+		fmt.Fprintf(w, "  error: %s\n", rs.Error)
+		return
+	}
+
+	st := rs.Status
+	owner := st.Owner
+
+	if owner == "" {
+		owner = "(nobody)"
+	}
+
+	if st.IsSelf {
+		owner += " (this daemon)"
+	} else {
+		owner += " (not this daemon: " + st.Self + ")"
+	}
+
+	fmt.Fprintf(w, "  location:        %s\n", st.Location)
+	fmt.Fprintf(w, "  owner:           %s\n", owner)
+
+	if st.PreviousOwnerKnown {
+		prev := st.PreviousOwner
+		if prev == "" {
+			prev = "(nobody)"
+		}
+
+		fmt.Fprintf(w, "  previous owner:  %s (taken over %s; hand-back restores it)\n", prev, fmtTime(st.TookOverAt, now))
+	} else {
+		fmt.Fprintf(w, "  previous owner:  none remembered\n")
+	}
+
+	fmt.Fprintf(w, "  next quick:      %s\n", fmtTime(st.NextQuick, now))
+	fmt.Fprintf(w, "  next full:       %s\n", fmtTime(st.NextFull, now))
+	fmt.Fprintf(w, "  last quick ok:   %s\n", fmtTime(st.LastQuick, now))
+	fmt.Fprintf(w, "  last full ok:    %s\n", fmtTime(st.LastFull, now))
+
+	if len(st.Tasks) == 0 {
+		fmt.Fprintf(w, "  tasks:           no maintenance recorded yet\n")
+		return
+	}
+
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TASK\tLAST RUN\tRESULT\tDURATION\tDETAILS")
+
+	for _, t := range st.Tasks {
+		res, detail := "ok", t.Summary
+		if !t.Success {
+			res, detail = "FAILED", t.Error
+		}
+
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", t.Task, t.End.UTC().Format("2006-01-02 15:04:05"), res, t.Duration().Round(time.Millisecond), detail)
+	}
+
+	_ = tw.Flush()
+}

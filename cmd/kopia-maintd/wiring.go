@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/repository"
+	"github.com/kopia-maintd/kopia-maintd/scheduler"
+)
+
+// configFlag registers --config with the KOPIA_MAINTD_CONFIG fallback.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", os.Getenv("KOPIA_MAINTD_CONFIG"), "configuration file (env KOPIA_MAINTD_CONFIG)")
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("kopia-maintd "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+
+	return nil
+}
+
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return nil, usagef("no configuration file: pass --config FILE or set KOPIA_MAINTD_CONFIG")
+	}
+
+	return config.Load(path)
+}
+
+// newLogger builds the zap logger the configuration asks for. minLevel raises
+// the level for short commands whose output is on stdout.
+func newLogger(c config.Log, stderr io.Writer, minLevel zapcore.Level) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+
+	if level < minLevel {
+		level = minLevel
+	}
+
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), level)), nil
+}
+
+// specs turns the configuration's repositories into repository specs.
+func specs(cfg *config.Config) ([]repository.Spec, error) {
+	out := make([]repository.Spec, 0, len(cfg.Repositories))
+
+	for _, r := range cfg.Repositories {
+		st := repository.Storage{}
+
+		switch {
+		case r.Storage.Filesystem != nil:
+			st.Filesystem = &repository.FilesystemStorage{Path: r.Storage.Filesystem.Path}
+		case r.Storage.S3 != nil:
+			s := r.Storage.S3
+
+			id, secret, err := s.Credentials()
+			if err != nil {
+				return nil, fmt.Errorf("repository %q: %w", r.Name, err)
+			}
+
+			st.S3 = &repository.S3Storage{
+				Bucket: s.Bucket, Prefix: s.Prefix, Endpoint: s.Endpoint, Region: s.Region,
+				Insecure: s.Insecure, SkipTLSVerify: s.SkipTLSVerify,
+				AccessKeyID: id, SecretAccessKey: secret,
+			}
+		}
+
+		out = append(out, repository.Spec{
+			Name:     r.Name,
+			Storage:  st,
+			Password: r.Password,
+			Create:   r.Create,
+			Ownership: repository.Ownership{
+				Policy:         repository.Policy(r.Ownership.Takeover),
+				StaleAfter:     r.Ownership.StaleAfter,
+				HandBackOnExit: r.Ownership.HandBackOnExit,
+			},
+		})
+	}
+
+	return out, nil
+}
+
+func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error) {
+	sp, err := specs(cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	return repository.NewManager(repository.Options{
+		StateDirectory: cfg.StateDirectory,
+		Identity:       repository.Identity{Username: cfg.Identity.Username, Hostname: cfg.Identity.Hostname},
+		Logger:         log,
+	}, sp)
+}
+
+// schedules turns the configuration's repositories into scheduler input.
+func schedules(cfg *config.Config) []scheduler.Repository {
+	out := make([]scheduler.Repository, 0, len(cfg.Repositories))
+	for _, r := range cfg.Repositories {
+		out = append(out, scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter})
+	}
+
+	return out
+}
+
+func findRepository(cfg *config.Config, name string) (config.Repository, error) {
+	if name == "" {
+		return config.Repository{}, usagef("--repository is required")
+	}
+
+	for _, r := range cfg.Repositories {
+		if r.Name == name {
+			return r, nil
+		}
+	}
+
+	return config.Repository{}, usagef("no repository %q in the configuration", name)
+}
+
+// runRequest is what the scheduler would pass for a run of cycle now.
+func runRequest(r config.Repository, cycle repository.Cycle, now time.Time) (repository.RunRequest, error) {
+	sr := scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}
+
+	nq, nf, err := scheduler.NextTimes(sr, now)
+	if err != nil {
+		return repository.RunRequest{}, err
+	}
+
+	return repository.RunRequest{
+		Cycle: cycle, NextQuick: nq, NextFull: nf,
+		QuickInterval: scheduleInterval(r.Schedule.Quick, now),
+		FullInterval:  scheduleInterval(r.Schedule.Full, now),
+	}, nil
+}
+
+// maintainer adapts the repository manager to the scheduler.
+type maintainer struct {
+	m *repository.Manager
+}
+
+func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
+	_, err := a.m.Run(ctx, job.Repository, repository.RunRequest{
+		Cycle:         repository.Cycle(job.Cycle),
+		NextQuick:     job.NextQuick,
+		NextFull:      job.NextFull,
+		QuickInterval: job.QuickInterval,
+		FullInterval:  job.FullInterval,
+	})
+
+	return err
+}
+
+func (a maintainer) LastSuccess(ctx context.Context, name string) (time.Time, time.Time, error) {
+	return a.m.LastSuccess(ctx, name)
+}
+
+// kopiaVersion reads the linked kopia module's version.
+func kopiaVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/kopia/kopia" {
+				return d.Version
+			}
+		}
+	}
+
+	return "unknown"
+}
+
+// scheduleInterval is the nominal interval of a validated cron spec.
+func scheduleInterval(spec string, now time.Time) time.Duration {
+	s, err := cron.ParseStandard(spec)
+	if err != nil {
+		return 0
+	}
+
+	return scheduler.Interval(s, now)
+}

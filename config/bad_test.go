@@ -1,0 +1,262 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// badConfigs maps each file in testdata/bad to the exact lines of the error
+// that Load returns for it. "{{testdata}}" stands for the absolute path of
+// testdata, which appears in os errors about secret files.
+func badConfigs() map[string][]string {
+	return map[string][]string{
+		"comments-only.yaml": {
+			`config file is empty`,
+		},
+		"concurrency.yaml": {
+			`concurrency: must be >= 1, got 0`,
+		},
+		"cron-defaults.yaml": {
+			`defaults.schedule.quick: invalid cron spec "every hour": expected exactly 5 fields, found 2: [every hour]`,
+			`defaults.schedule.full: invalid cron spec "0 3 * *": expected exactly 5 fields, found 4: [0 3 * *]`,
+		},
+		"cron-repository.yaml": {
+			`repositories[1].schedule.quick: invalid cron spec "@fortnightly": unrecognized descriptor: @fortnightly`,
+			`repositories[1].schedule.full: invalid cron spec "61 * * * *": end of range (61) above maximum (59): 61`,
+		},
+		"cron-timezone.yaml": {
+			`defaults.schedule.quick: invalid cron spec "CRON_TZ=Mars/Olympus_Mons 0 * * * *": provided bad location Mars/Olympus_Mons: unknown time zone Mars/Olympus_Mons`,
+			`defaults.schedule.full: invalid cron spec "CRON_TZ=UTC": missing schedule after time zone`,
+		},
+		"duplicate-key.yaml": {
+			`concurrency: duplicate key`,
+		},
+		"duration-invalid.yaml": {
+			`defaults.schedule.jitter: invalid duration "5 minutes" (want a Go duration such as 90s, 5m or 48h)`,
+			`defaults.ownership.staleAfter: invalid duration "2d" (want a Go duration such as 90s, 5m or 48h)`,
+			`repositories[0].schedule.jitter: invalid duration "300" (want a Go duration such as 90s, 5m or 48h)`,
+		},
+		"empty.yaml": {
+			`config file is empty`,
+		},
+		"filesystem-path-missing.yaml": {
+			`repositories[0].storage.filesystem.path: required`,
+			`repositories[1].storage.filesystem.path: required`,
+			`repositories[2].storage.filesystem.path: required`,
+		},
+		"identity-empty-hostname.yaml": {
+			`identity.hostname: required`,
+		},
+		"identity-invalid.yaml": {
+			`identity.username: must not contain '@' or whitespace, got "maintd@cluster-a"`,
+			`identity.hostname: must not contain '@' or whitespace, got "cluster a"`,
+		},
+		"identity-missing.yaml": {
+			`identity.username: required`,
+			`identity.hostname: required`,
+		},
+		"jitter-negative.yaml": {
+			`defaults.schedule.jitter: must be >= 0, got "-5m"`,
+		},
+		"listen-address-port.yaml": {
+			`server.listenAddress: invalid listen address "localhost:http": port must be a number from 1 to 65535, got "http"`,
+		},
+		"listen-address.yaml": {
+			`server.listenAddress: invalid listen address "9810": address 9810: missing port in address`,
+		},
+		"log.yaml": {
+			`log.level: unknown log level "verbose" (want debug, info, warn or error)`,
+			`log.format: unknown log format "text" (want json or console)`,
+		},
+		"many-problems.yaml": {
+			`identity.username: required`,
+			`identity.hostname: required`,
+			`concurrency: must be >= 1, got -1`,
+			`log.level: unknown log level "trace" (want debug, info, warn or error)`,
+			`repositories[0].storage.s3.bucket: required`,
+			`repositories[0].schedule.quick: invalid cron spec "* * * * * *": expected exactly 5 fields, found 6: [* * * * * *]`,
+			`repositories[1].ownership.handBackOnExit: expected a boolean (true or false), got "please"`,
+			`repositories[1].name: duplicate repository name "first" (first used by repositories[0])`,
+			`repositories[1].passwordEnv: environment variable "KOPIA_MAINTD_TEST_UNSET" is not set`,
+			`repositories[1].ownership.staleAfter: invalid duration "soon" (want a Go duration such as 90s, 5m or 48h)`,
+		},
+		"merge-key.yaml": {
+			`x-common: unknown key`,
+			`repositories[0].<<: merge keys are not supported`,
+			`repositories[0]: exactly one of passwordFile and passwordEnv is required, got neither`,
+		},
+		"multiple-documents.yaml": {
+			`config file must hold exactly one YAML document, found more`,
+		},
+		"not-a-mapping.yaml": {
+			`expected a mapping, got a sequence`,
+		},
+		"password-both.yaml": {
+			`repositories[0]: exactly one of passwordFile and passwordEnv is required, got both`,
+		},
+		"password-env-unset.yaml": {
+			`repositories[0].passwordEnv: environment variable "KOPIA_MAINTD_TEST_UNSET" is not set`,
+			`repositories[1].passwordEnv: environment variable "KOPIA_MAINTD_TEST_EMPTY" is empty`,
+		},
+		"password-file-unreadable.yaml": {
+			`repositories[0].passwordFile: open {{testdata}}/no-such.password: no such file or directory`,
+			`repositories[1].passwordFile: read {{testdata}}: is a directory`,
+			`repositories[2].passwordFile: file {{testdata}}/empty.password is empty`,
+		},
+		"password-none.yaml": {
+			`repositories[0]: exactly one of passwordFile and passwordEnv is required, got neither`,
+		},
+		"repositories-empty.yaml": {
+			`repositories: at least one repository is required`,
+		},
+		"repositories-missing.yaml": {
+			`repositories: at least one repository is required`,
+		},
+		"repositories-not-a-list.yaml": {
+			`repositories: expected a sequence, got a mapping`,
+		},
+		"repository-name-duplicate.yaml": {
+			`repositories[2].name: duplicate repository name "local" (first used by repositories[0])`,
+		},
+		"repository-name-invalid.yaml": {
+			`repositories[0].name: invalid repository name "Local_1" (must match ^[a-z0-9-]{1,63}$)`,
+			`repositories[1].name: required`,
+			`repositories[2].name: invalid repository name "a-name-that-is-far-too-long-for-a-metric-label-or-a-state-file-x" (must match ^[a-z0-9-]{1,63}$)`,
+		},
+		"s3-bucket-missing.yaml": {
+			`repositories[0].storage.s3.bucket: required`,
+		},
+		"s3-endpoint.yaml": {
+			`repositories[0].storage.s3.endpoint: invalid endpoint "https://minio.example.com:9000": must be host or host:port without a scheme (set insecure: true for http)`,
+		},
+		"s3-key-file-unreadable.yaml": {
+			`repositories[0].storage.s3.accessKeyIDFile: open {{testdata}}/s3/no-such-file: no such file or directory`,
+			`repositories[0].storage.s3.secretAccessKeyFile: file {{testdata}}/empty.password is empty`,
+		},
+		"s3-one-key-file.yaml": {
+			`repositories[0].storage.s3.secretAccessKeyFile: required when accessKeyIDFile is set`,
+			`repositories[1].storage.s3.accessKeyIDFile: required when secretAccessKeyFile is set`,
+		},
+		"stale-after-not-positive.yaml": {
+			`defaults.ownership.staleAfter: must be > 0, got "0s"`,
+			`repositories[0].ownership.staleAfter: must be > 0, got "-1h"`,
+		},
+		"storage-both.yaml": {
+			`repositories[0].storage: exactly one backend (filesystem or s3) is required, got both`,
+		},
+		"storage-none.yaml": {
+			`repositories[0].storage: exactly one backend (filesystem or s3) is required, got none`,
+			`repositories[1].storage: exactly one backend (filesystem or s3) is required, got none`,
+		},
+		"syntax.yaml": {
+			`yaml: line 2: did not find expected key`,
+		},
+		"takeover-unknown.yaml": {
+			`defaults.ownership.takeover: unknown takeover policy "sometimes" (want never, if-unowned, stale or always)`,
+			`repositories[0].ownership.takeover: unknown takeover policy "Always" (want never, if-unowned, stale or always)`,
+		},
+		"type-mismatch.yaml": {
+			`concurrency: expected an integer, got "two"`,
+			`server: expected a mapping, got a string`,
+			`defaults.ownership.handBackOnExit: expected a boolean (true or false), got "yes"`,
+			`repositories[0].create: expected a boolean (true or false), got "1"`,
+			`repositories[0].storage.filesystem.path: expected a string, got a sequence`,
+		},
+		"unknown-keys.yaml": {
+			`identity.domain: unknown key`,
+			`logging: unknown key`,
+			`defaults.schedule.quik: unknown key`,
+			`repositories[0].storage.filesytem: unknown key`,
+			`repositories[0].password: unknown key`,
+			`repositories[0].storage: exactly one backend (filesystem or s3) is required, got none`,
+		},
+	}
+}
+
+func TestLoadBadConfigs(t *testing.T) {
+	setBadConfigEnv(t)
+	testdata, err := filepath.Abs("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join("testdata", "bad", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+	}
+	cases := badConfigs()
+	for name := range cases {
+		if !slices.Contains(names, name) {
+			t.Errorf("badConfigs lists %s, which is not in testdata/bad", name)
+		}
+	}
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			lines, ok := cases[name]
+			if !ok {
+				t.Fatalf("testdata/bad/%s has no expected error in badConfigs", name)
+			}
+			want := strings.ReplaceAll(strings.Join(lines, "\n"), "{{testdata}}", testdata)
+			cfg, err := Load(filepath.Join("testdata", "bad", name))
+			if err == nil {
+				t.Fatalf("Load succeeded, want error:\n%s\ngot config: %+v", want, cfg)
+			}
+			if cfg != nil {
+				t.Errorf("Load returned a config along with its error")
+			}
+			var cerr *Error
+			if !errors.As(err, &cerr) {
+				t.Fatalf("Load error is %T, want *Error: %v", err, err)
+			}
+			if len(cerr.Problems) != len(lines) {
+				t.Errorf("got %d problems, want %d", len(cerr.Problems), len(lines))
+			}
+			if got := err.Error(); got != want {
+				t.Errorf("error mismatch\ngot:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+// TestBadConfigErrorsHoldNoSecrets loads every bad config and checks that no
+// secret from testdata leaks into an error, even where the file holding it
+// is referenced next to the problem.
+func TestBadConfigErrorsHoldNoSecrets(t *testing.T) {
+	setBadConfigEnv(t)
+	secrets := []string{"testdata-only-password", "TESTDATAACCESSKEYID", "testdata-secret-access-key", "never-printed"}
+	files, err := filepath.Glob(filepath.Join("testdata", "bad", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		_, err := Load(f)
+		if err == nil {
+			t.Errorf("%s: Load succeeded", f)
+			continue
+		}
+		for _, s := range secrets {
+			if strings.Contains(err.Error(), s) {
+				t.Errorf("%s: error contains secret %q:\n%v", f, s, err)
+			}
+		}
+	}
+}
+
+// setBadConfigEnv sets up the environment that testdata/bad expects:
+// KOPIA_MAINTD_TEST_EMPTY set but empty, KOPIA_MAINTD_TEST_UNSET unset.
+func setBadConfigEnv(t *testing.T) {
+	t.Helper()
+	t.Setenv("KOPIA_MAINTD_TEST_EMPTY", "")
+	t.Setenv("KOPIA_MAINTD_TEST_UNSET", "")
+	// t.Setenv restores the original value (or absence) after the test.
+	if err := os.Unsetenv("KOPIA_MAINTD_TEST_UNSET"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,75 @@
+package config
+
+import (
+	"path/filepath"
+	"testing"
+
+	// The examples use CRON_TZ= with IANA zone names; embed the zone
+	// database so the test does not depend on the host's /usr/share/zoneinfo.
+	_ "time/tzdata"
+)
+
+// TestExampleConfigs loads every example in configs/, which are
+// documentation and must stay valid.
+func TestExampleConfigs(t *testing.T) {
+	// Password variables the examples name. AWS_* credentials are not read
+	// by this package, so they need not be set.
+	for _, name := range []string{
+		"KOPIA_PASSWORD",
+		"MULTI_NAS_PASSWORD", "MULTI_SHARED_PASSWORD", "MULTI_OFFSITE_PASSWORD", "MULTI_VELERO_PASSWORD",
+	} {
+		t.Setenv(name, "example-test-password")
+	}
+	files, err := filepath.Glob(filepath.Join("..", "configs", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 3 {
+		t.Fatalf("found %d example configs in configs/, want at least 3", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, err := Load(f); err != nil {
+				t.Fatalf("example does not load:\n%v", err)
+			}
+		})
+	}
+}
+
+// TestLocalExample pins the demo's settings that the README and the demo
+// script rely on.
+func TestLocalExample(t *testing.T) {
+	cfg, err := Load(filepath.Join("..", "configs", "local.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	configs, err := filepath.Abs(filepath.Join("..", "configs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Identity.String(); got != "maintd@local-demo" {
+		t.Errorf("identity = %q", got)
+	}
+	if cfg.StateDirectory != "/tmp/kopia-maintd-demo/state" || cfg.Server.ListenAddress != "127.0.0.1:9810" || cfg.Log.Format != "console" {
+		t.Errorf("config = %+v", cfg)
+	}
+	if len(cfg.Repositories) != 1 {
+		t.Fatalf("got %d repositories, want 1", len(cfg.Repositories))
+	}
+	r := cfg.Repositories[0]
+	want := Repository{
+		Name:         "local",
+		Create:       true,
+		Storage:      Storage{Filesystem: &Filesystem{Path: "/tmp/kopia-maintd-demo/repository"}},
+		PasswordFile: filepath.Join(configs, "local.password"),
+		Schedule:     Schedule{Quick: "@every 1m", Full: "@every 10m", Jitter: 0},
+		Ownership:    Ownership{Takeover: TakeoverIfUnowned, StaleAfter: DefaultStaleAfter},
+	}
+	if r.Name != want.Name || r.Create != want.Create || *r.Storage.Filesystem != *want.Storage.Filesystem ||
+		r.Storage.S3 != nil || r.PasswordFile != want.PasswordFile || r.Schedule != want.Schedule || r.Ownership != want.Ownership {
+		t.Errorf("repository = %+v\nwant %+v", r, want)
+	}
+	if _, err := r.Password(); err != nil {
+		t.Errorf("Password(): %v", err)
+	}
+}

@@ -1,0 +1,119 @@
+package scheduler
+
+import (
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// Cycle is a kind of kopia maintenance cycle.
+type Cycle string
+
+// The maintenance cycles. A full cycle includes the work of a quick cycle.
+const (
+	Quick Cycle = "quick"
+	Full  Cycle = "full"
+)
+
+// cycles lists the cycles in index order of repoState.cycles.
+var cycles = [...]Cycle{Quick, Full}
+
+const (
+	quickIdx = 0
+	fullIdx  = 1
+)
+
+// Repository is the scheduling configuration of one repository.
+type Repository struct {
+	// Name identifies the repository; it is passed to the Maintainer and seeds the jitter.
+	Name string
+	// Quick and Full are cron specs in robfig/cron v3 cron.ParseStandard syntax: five fields,
+	// descriptors such as @hourly and @every 90m, and CRON_TZ= or TZ= prefixes. A spec without a
+	// prefix is read in the time zone of the clock's times (the process's local zone).
+	Quick, Full string
+	// Jitter is the maximum delay added to every cron slot of this repository; the actual delay
+	// is JitterFor(Name, Jitter), so it is stable across restarts.
+	Jitter time.Duration
+}
+
+// JitterFor returns the deterministic jitter of the repository called name: the fnv-64a hash of
+// name modulo max, so it lies in [0, max). It returns 0 when max <= 0.
+func JitterFor(name string, max time.Duration) time.Duration {
+	if max <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	return time.Duration(h.Sum64() % uint64(max))
+}
+
+// Interval returns the nominal interval of sched around now: the distance between the first two
+// activations after now. It is 0 for a schedule that never fires.
+func Interval(sched cron.Schedule, now time.Time) time.Duration {
+	first := sched.Next(now)
+	if first.IsZero() {
+		return 0
+	}
+	second := sched.Next(first)
+	if second.IsZero() {
+		return 0
+	}
+	return second.Sub(first)
+}
+
+// NextTimes returns when each cycle of r would next run after now if nothing failed and no
+// catch-up were due: the next cron slot plus the repository's jitter. It serves the status of a
+// daemon that is not running.
+func NextTimes(r Repository, now time.Time) (quick, full time.Time, err error) {
+	c, err := compile(r, now)
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	return nextSlot(c.scheds[quickIdx], c.jitter, now), nextSlot(c.scheds[fullIdx], c.jitter, now), nil
+}
+
+// compiled is a validated Repository with its parsed schedules.
+type compiled struct {
+	repo   Repository
+	scheds [2]cron.Schedule
+	jitter time.Duration
+}
+
+// compile parses and validates r; now is only used to check that the schedules ever fire.
+func compile(r Repository, now time.Time) (compiled, error) {
+	if r.Name == "" {
+		return compiled{}, fmt.Errorf("repository with empty name")
+	}
+	c := compiled{repo: r, jitter: JitterFor(r.Name, r.Jitter)}
+	for i, spec := range [...]string{r.Quick, r.Full} {
+		sched, err := cron.ParseStandard(spec)
+		if err != nil {
+			return compiled{}, fmt.Errorf("repository %q: parse %s schedule %q: %w", r.Name, cycles[i], spec, err)
+		}
+		if Interval(sched, now) <= 0 {
+			return compiled{}, fmt.Errorf("repository %q: %s schedule %q never fires", r.Name, cycles[i], spec)
+		}
+		c.scheds[i] = sched
+	}
+	return c, nil
+}
+
+// compileAll compiles repos and rejects duplicate names.
+func compileAll(repos []Repository, now time.Time) ([]compiled, error) {
+	out := make([]compiled, 0, len(repos))
+	seen := make(map[string]bool, len(repos))
+	for _, r := range repos {
+		if seen[r.Name] {
+			return nil, fmt.Errorf("repository %q listed twice", r.Name)
+		}
+		seen[r.Name] = true
+		c, err := compile(r, now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
