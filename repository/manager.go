@@ -324,7 +324,7 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 func (m *Manager) storageForConnect(ctx context.Context, spec Spec) (*handleStorage, error) {
 	st, err := spec.Storage.openBlobStorage(ctx, spec.Create)
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: %w", spec.Name, err)
+		return nil, fmt.Errorf("repository %q: open %s: %w", spec.Name, spec.Storage.Location(), err)
 	}
 
 	return &handleStorage{Storage: st, handle: m.handle(spec.Name)}, nil

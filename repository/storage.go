@@ -74,14 +74,9 @@ func (s Storage) openBlobStorage(ctx context.Context, create bool) (blob.Storage
 	case s.open != nil:
 		return s.open(ctx)
 	case s.Filesystem != nil:
-		st, err := filesystem.New(ctx, &filesystem.Options{Path: s.Filesystem.Path}, create)
-		if err != nil {
-			return nil, fmt.Errorf("open filesystem storage %s: %w", s.Filesystem.Path, err)
-		}
-
-		return st, nil
+		return filesystem.New(ctx, &filesystem.Options{Path: s.Filesystem.Path}, create)
 	case s.S3 != nil:
-		st, err := s3.New(ctx, &s3.Options{
+		return s3.New(ctx, &s3.Options{
 			BucketName:      s.S3.Bucket,
 			Prefix:          s.S3.Prefix,
 			Endpoint:        s.S3.Endpoint,
@@ -91,11 +86,6 @@ func (s Storage) openBlobStorage(ctx context.Context, create bool) (blob.Storage
 			AccessKeyID:     s.S3.AccessKeyID,
 			SecretAccessKey: s.S3.SecretAccessKey,
 		}, create)
-		if err != nil {
-			return nil, fmt.Errorf("open s3 storage %s: %w", s.Location(), err)
-		}
-
-		return st, nil
 	default:
 		return nil, errors.New("no storage backend configured")
 	}
