@@ -3,18 +3,23 @@
 # the Go module proxy or taken from Debian's packages, and caches them under
 # $KOPIA_MAINTD_CACHE (default $HOME/.cache/kopia-maintd) keyed by version.
 # Safe to run repeatedly: a cached binary is reused.
+#
+# Usage: scripts/install-tools.sh [minio] [kopia] [staticcheck] [prometheus]
+# Without arguments it installs the default set (minio kopia staticcheck).
+# Tests find the tools in $KOPIA_MAINTD_TOOLS, default $cache/tools/bin.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KOPIA_MAINTD_CACHE:-$HOME/.cache/kopia-maintd}
-bin="$cache/tools/bin"
+bin=${KOPIA_MAINTD_TOOLS:-$cache/tools/bin}
 mkdir -p "$bin"
 export GOFLAGS=${GOFLAGS:-}
 export GOCACHE=${GOCACHE:-$cache/gocache}
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 KOPIA_VERSION=v0.22.3
-# staticcheck 2026.1 (module v0.7.0) is the first release that understands Go 1.26.
+# staticcheck 2026.1, the release for Go 1.26. The module proxy knows
+# staticcheck only by module version (2025.1.1 is v0.6.1), not by release name.
 STATICCHECK_VERSION=v0.7.0
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
@@ -24,7 +29,7 @@ install_minio() {
   if [ ! -x "$dest" ]; then
     log "building minio $MINIO_VERSION (about 5 minutes the first time)"
     local tmp; tmp=$(mktemp -d)
-    GOBIN="$tmp" GOFLAGS=-mod=mod go install "github.com/minio/minio@$MINIO_VERSION"
+    GOBIN="$tmp" GOFLAGS="-mod=mod -buildvcs=false" go install "github.com/minio/minio@$MINIO_VERSION"
     mv "$tmp/minio" "$dest"; rm -rf "$tmp"
   fi
   ln -sf "$dest" "$bin/minio"
@@ -34,7 +39,7 @@ install_kopia() {
   local dest="$bin/kopia-$KOPIA_VERSION"
   if [ ! -x "$dest" ]; then
     log "building kopia CLI $KOPIA_VERSION"
-    (cd "$here/tools/kopia" && GOFLAGS=-mod=mod go build -o "$dest" github.com/kopia/kopia)
+    (cd "$here/tools/kopia" && GOFLAGS="-mod=mod -buildvcs=false" go build -o "$dest" github.com/kopia/kopia)
   fi
   ln -sf "$dest" "$bin/kopia"
 }
@@ -48,6 +53,21 @@ install_staticcheck() {
     mv "$tmp/staticcheck" "$dest"; rm -rf "$tmp"
   fi
   ln -sf "$dest" "$bin/staticcheck"
+}
+
+# install_prometheus installs Prometheus and promtool from Debian (2.42 on
+# bookworm; the packaged services are not started) and links them into $bin.
+# Not in the default set yet: the metrics integration tests will need it.
+install_prometheus() {
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    log "installing prometheus from Debian packages"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  fi
+  ln -sf "$(command -v prometheus)" "$bin/prometheus"
+  ln -sf "$(command -v promtool)" "$bin/promtool"
 }
 
 what=${*:-minio kopia staticcheck}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs (or reuses) the tools
+# the integration tests run against, then the gofmt check, go vet,
+# staticcheck and the race-enabled tests of every package of the main module.
+# The tools modules under tools/ are separate modules, so ./... leaves them out.
+#
+# Usage: scripts/test.sh            (CI runs it through .ci/run)
+# Every step runs even when an earlier one failed, so one run reports every
+# problem; the last line is the summary and the exit status is 0 only if all
+# steps passed.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+export KOPIA_MAINTD_CACHE=${KOPIA_MAINTD_CACHE:-$HOME/.cache/kopia-maintd}
+export KOPIA_MAINTD_TOOLS=${KOPIA_MAINTD_TOOLS:-$KOPIA_MAINTD_CACHE/tools/bin}
+# A fresh clone may lack git or .git; nothing here needs VCS stamping.
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
+# Each test binary gets this long; the whole run must stay under 30 minutes.
+TEST_TIMEOUT=${TEST_TIMEOUT:-25m}
+
+start=$SECONDS
+passed=()
+failed=()
+
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  printf '\n=== %s\n' "$name"
+  if "$@"; then
+    passed+=("$name")
+    printf -- '--- %s ok (%ds)\n' "$name" $((SECONDS - t0))
+  else
+    failed+=("$name")
+    printf -- '--- %s FAILED (%ds)\n' "$name" $((SECONDS - t0))
+  fi
+}
+
+summary() {
+  local total=$((SECONDS - start)) status=PASS
+  [ ${#failed[@]} -eq 0 ] || status=FAIL
+  printf '\ntest.sh: %s in %dm%02ds; passed: %s; failed: %s\n' "$status" \
+    $((total / 60)) $((total % 60)) "${passed[*]:-none}" "${failed[*]:-none}"
+  [ "$status" = PASS ]
+}
+
+gofmt_check() {
+  local files
+  files=$(find . -path ./.git -prune -o -path ./.local -prune -o -name '*.go' -print0 |
+    xargs -0 -r gofmt -l) || return 1
+  if [ -n "$files" ]; then
+    echo "gofmt: these files need formatting (run gofmt -w on them):"
+    echo "$files" | sed 's/^/  /'
+    return 1
+  fi
+}
+
+go version
+
+# Without the tools the integration tests cannot run: stop here.
+step install-tools bash scripts/install-tools.sh
+if [ ${#failed[@]} -ne 0 ]; then
+  summary
+  exit 1
+fi
+
+step gofmt gofmt_check
+step vet go vet ./...
+step staticcheck "$KOPIA_MAINTD_TOOLS/staticcheck" ./...
+step test go test -race -count=1 -timeout "$TEST_TIMEOUT" ./...
+
+summary

@@ -1,0 +1,190 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+)
+
+func TestMinIOStopStartKeepsData(t *testing.T) {
+	t.Parallel()
+	m := StartMinIO(t)
+	m.MakeBucket(t, "harness")
+
+	ctx := context.Background()
+	payload := []byte("survives a restart")
+	if _, err := m.Client(t).PutObject(ctx, "harness", "dir/object", bytes.NewReader(payload), int64(len(payload)), minio.PutObjectOptions{}); err != nil {
+		t.Fatalf("put object: %v", err)
+	}
+
+	m.Stop(t)
+	if c, err := net.DialTimeout("tcp", m.Endpoint, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("minio still accepts connections on %s after Stop", m.Endpoint)
+	}
+
+	m.Start(t)
+	obj, err := m.Client(t).GetObject(ctx, "harness", "dir/object", minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatalf("get object after restart: %v", err)
+	}
+	defer obj.Close()
+	got, err := io.ReadAll(obj)
+	if err != nil {
+		t.Fatalf("read object after restart: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("object after restart = %q, want %q", got, payload)
+	}
+}
+
+// TestMinIOServesS3WhenStarted checks that the very first S3 request after
+// StartMinIO is answered (not 503 XMinioServerNotInitialized) and that
+// requests without the root credentials are refused.
+func TestMinIOServesS3WhenStarted(t *testing.T) {
+	t.Parallel()
+	m := StartMinIO(t)
+	resp, err := http.Get(m.URL() + "/")
+	if err != nil {
+		t.Fatalf("anonymous list buckets: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("anonymous list buckets: status %d, want %d\n%s", resp.StatusCode, http.StatusForbidden, body)
+	}
+
+	wrong := &MinIO{Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: "not-the-secret"}
+	if _, err := wrong.Client(t).ListBuckets(context.Background()); minio.ToErrorResponse(err).Code != "SignatureDoesNotMatch" {
+		t.Fatalf("list buckets with a wrong secret: %v, want SignatureDoesNotMatch", err)
+	}
+}
+
+func TestKopiaCLIVersion(t *testing.T) {
+	t.Parallel()
+	k := NewKopiaCLI(t, "unused")
+	out := k.Run(t, "--version")
+	if !strings.HasPrefix(out, "v0.22.3") {
+		t.Fatalf("kopia --version = %q, want v0.22.3", out)
+	}
+}
+
+func TestKopiaCLICreatesRepositories(t *testing.T) {
+	t.Parallel()
+	m := StartMinIO(t)
+	m.MakeBucket(t, "repos")
+
+	tests := []struct {
+		name   string
+		create func(k *KopiaCLI) []string
+	}{
+		{"filesystem", func(*KopiaCLI) []string {
+			return []string{"repository", "create", "filesystem", "--path=" + t.TempDir()}
+		}},
+		{"s3", func(*KopiaCLI) []string {
+			return append([]string{"repository", "create", "s3"}, m.KopiaS3Flags("repos", "cli/")...)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := NewKopiaCLI(t, "harness-password")
+			k.Run(t, tt.create(k)...)
+			out := k.Stdout(t, "repository", "status", "--json")
+			if !strings.Contains(out, `"configFile"`) {
+				t.Fatalf("repository status --json does not look like JSON status:\n%s", out)
+			}
+			if _, err := os.Stat(k.ConfigFile); err != nil {
+				t.Fatalf("config file: %v", err)
+			}
+
+			wrong := &KopiaCLI{Bin: k.Bin, ConfigFile: filepath.Join(t.TempDir(), "other.config"), Password: "wrong"}
+			connect := tt.create(k)
+			connect[1] = "connect"
+			if out, err := wrong.RunErr(connect...); err == nil {
+				t.Fatalf("connect with a wrong password succeeded:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestBuildBinaryOncePerProcess(t *testing.T) {
+	t.Parallel()
+	first := BuildBinary(t, "./test/harness/testdata/hello")
+	fi, err := os.Stat(first)
+	if err != nil {
+		t.Fatalf("stat built binary: %v", err)
+	}
+	second := BuildBinary(t, "./test/harness/testdata/hello")
+	if second != first {
+		t.Fatalf("second BuildBinary = %q, want %q", second, first)
+	}
+	if fi2, err := os.Stat(second); err != nil || !os.SameFile(fi, fi2) {
+		t.Fatalf("second BuildBinary rebuilt the binary (stat error %v)", err)
+	}
+	out, err := exec.Command(first).CombinedOutput()
+	if err != nil || string(out) != "hello from kopia-maintd harness\n" {
+		t.Fatalf("run built binary: %v, output %q", err, out)
+	}
+}
+
+func TestFreeAddrIsBindable(t *testing.T) {
+	t.Parallel()
+	addr := FreeAddr(t)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	l.Close()
+}
+
+// fatalRecorder is a testing.TB whose Fatalf records the message and ends the
+// goroutine, as the real one does, without failing the enclosing test.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func TestToolPath(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "present")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(ToolsEnv, dir)
+	t.Setenv(CacheEnv, t.TempDir())
+
+	if got := ToolPath(t, "present"); got != bin {
+		t.Errorf("ToolPath(present) = %q, want %q", got, bin)
+	}
+
+	rec := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ToolPath(rec, "absent")
+	}()
+	<-done
+	want := "install-tools.sh absent"
+	if !strings.Contains(rec.msg, want) || !strings.Contains(rec.msg, dir) {
+		t.Errorf("ToolPath(absent) failed with %q, want the directories searched and %q", rec.msg, want)
+	}
+}
