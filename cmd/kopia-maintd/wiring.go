@@ -119,6 +119,13 @@ func specs(cfg *config.Config) ([]repository.Spec, error) {
 }
 
 func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error) {
+	// kopia's snapshot GC spills memory-mapped segments to TMPDIR. In the
+	// container image TMPDIR lies inside the state volume, which starts
+	// empty in Kubernetes; a missing TMPDIR would fail every full cycle.
+	if err := os.MkdirAll(os.TempDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("create temporary directory %s: %w", os.TempDir(), err)
+	}
+
 	sp, err := specs(cfg)
 	if err != nil {
 		return nil, err
