@@ -58,11 +58,13 @@ func packLengths(t *testing.T, st blob.Storage) map[blob.ID]int64 {
 	return packs
 }
 
-// TestSafetyFullReclaimsDeletedSnapshotWithinWindow simulates six days of a
-// daemon maintaining a repository (an hourly quick cycle, a full cycle
-// instead of the quick one every day at 00:00, all with SafetyFull) while a
-// backup client keeps writing small snapshots into it, and checks when the
-// packs of a deleted 64 MiB snapshot leave storage.
+// TestSafetyFullReclaimsDeletedSnapshotWithinWindow simulates five and a half
+// days of the daemon maintaining a repository it created (a quick cycle every
+// virtual hour, a full cycle instead of the quick one every day at 00:00, all
+// SafetyFull) while a backup client writes a small snapshot of new data every
+// three hours, in parallel with that hour's maintenance run, and checks when
+// the packs of a deleted 64 MiB snapshot leave storage. The clock is fake and
+// shared by the manager, the writer and the blob timestamps.
 //
 // Virtual timeline (day 0 00:00 = repository created; D = deletion):
 //
@@ -92,7 +94,8 @@ func packLengths(t *testing.T, st blob.Storage) map[blob.ID]int64 {
 // a day later, the packs would go at the day 6 00:00 full cycle, D+106h. The
 // test pins the D+96h bound to this schedule and also checks the lower bound:
 // nothing goes in the first 24h after the deletion, which SafetyFull's
-// margins guarantee (and which SafetyNone would not).
+// margins guarantee (SafetyNone, with no minimum ages and no two-cycle rule,
+// would let the first full cycle after the deletion remove them).
 //
 // Only the big snapshot's full-size packs (at least 60% of the maximum pack
 // size, the ones full-rewrite-contents never touches) are asserted on; a short
@@ -105,12 +108,16 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 
 	const (
 		quickInterval = time.Hour
-		fullInterval  = 24 * time.Hour
-		bigFiles      = 4
-		bigFileSize   = 16 << 20 // 64 MiB in all
-		smallSize     = 300 << 10
-		window        = 96 * time.Hour
-		minKeep       = 24 * time.Hour
+		// quickEvery is how often the simulation runs the quick cycle; the
+		// daemon's default, every hour, costs one kopia repository open (and
+		// its scrypt key derivation) per virtual hour.
+		quickEvery   = quickInterval
+		fullInterval = 24 * time.Hour
+		bigFiles     = 4
+		bigFileSize  = 16 << 20 // 64 MiB in all
+		smallSize    = 300 << 10
+		window       = 96 * time.Hour
+		minKeep      = 24 * time.Hour
 	)
 
 	ctx := context.Background()
@@ -143,7 +150,7 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 	// cycle at 00:00, a quick one otherwise. concurrently runs beside it on
 	// the test goroutine (the writer), so maintenance and a live client use
 	// the repository at the same time.
-	run := func(concurrently func()) *Report {
+	run := func(concurrently func()) {
 		t.Helper()
 
 		now := clock.Now()
@@ -155,7 +162,7 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 
 		req := RunRequest{
 			Cycle:         cycle,
-			NextQuick:     now.Add(quickInterval),
+			NextQuick:     now.Add(quickEvery),
 			NextFull:      now.Truncate(24 * time.Hour).Add(fullInterval),
 			QuickInterval: quickInterval,
 			FullInterval:  fullInterval,
@@ -188,13 +195,22 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 			t.Fatalf("%s: %s cycle: %v", now.Format(time.DateTime), cycle, runErr)
 		}
 
+		var sums []string
+
 		for _, task := range rep.Tasks {
 			if !task.Success {
 				t.Fatalf("%s: %s cycle: task %s failed: %s", now.Format(time.DateTime), cycle, task.Task, task.Error)
 			}
+
+			switch task.Task {
+			case "full-rewrite-contents", "full-drop-deleted-content", "full-delete-blobs":
+				sums = append(sums, task.Task+": "+task.Summary)
+			}
 		}
 
-		return rep
+		if cycle == Full {
+			t.Logf("%s full cycle (D%+.0fh), pack bytes %d: %s", now.Format(time.DateTime), now.Sub(deleteAt).Hours(), st.totalBytes("p"), strings.Join(sums, "; "))
+		}
 	}
 
 	// The first run creates the repository, so the writer connects after it.
@@ -262,20 +278,14 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 			concurrently = smallSnapshot
 		}
 
-		rep := run(concurrently)
-		observe()
-
-		if rep.Cycle == Full {
-			var sums []string
-
-			for _, task := range rep.Tasks {
-				if task.Task == "full-delete-blobs" || task.Task == "full-rewrite-contents" || task.Task == "full-drop-deleted-content" {
-					sums = append(sums, task.Task+": "+task.Summary)
-				}
-			}
-
-			t.Logf("%s full cycle (D%+.0fh), p bytes %d: %s", now.Format(time.DateTime), now.Sub(deleteAt).Hours(), st.totalBytes("p"), strings.Join(sums, "; "))
+		switch {
+		case now.Hour() == 0 || now.Sub(day0)%quickEvery == 0:
+			run(concurrently)
+		case concurrently != nil:
+			concurrently()
 		}
+
+		observe()
 
 		switch {
 		case now.Equal(bigWriteAt):
@@ -315,7 +325,8 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 		}
 	}
 
-	// Lower bound: SafetyFull keeps the data for at least a day.
+	// Every full pack of the deleted snapshot left storage, none in the first
+	// day after the deletion and the last within the window.
 	var ids []blob.ID
 	for id := range tracked {
 		ids = append(ids, id)
