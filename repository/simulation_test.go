@@ -42,6 +42,9 @@ func (c *fakeClock) Set(t time.Time) {
 	c.t = t
 }
 
+// Advance moves the clock forward by d.
+func (c *fakeClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
+
 // packLengths lists the pack blobs ('p' prefix) in st with their lengths.
 func packLengths(t *testing.T, st blob.Storage) map[blob.ID]int64 {
 	t.Helper()

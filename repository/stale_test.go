@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,34 +11,13 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
-// stepClock is a settable clock shared by kopia (TimeNowFunc), the blob
-// storage's timestamps and the ownership decisions.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-
-	return c.now
-}
-
-func (c *stepClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-
-	c.now = c.now.Add(d)
-}
-
 // TestStaleTakeoverWithoutFlapping: with policy stale (staleAfter 48h), the
 // daemon leaves an active owner alone, takes over once the owner has
 // completed no maintenance for 48h, does not take ownership back for 48h
 // after the owner reclaims it, and then may take over again.
 func TestStaleTakeoverWithoutFlapping(t *testing.T) {
 	ctx := context.Background()
-	clk := &stepClock{now: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
+	clk := &fakeClock{t: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
 	st := newMemStorage(clk.Now)
 	open := func(context.Context) (blob.Storage, error) { return st, nil }
 
