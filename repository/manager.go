@@ -200,6 +200,26 @@ func (s *session) Close() {
 	s.stop()
 }
 
+// params reads the repository's maintenance params.
+func (s *session) params() (*maintenance.Params, error) {
+	p, err := maintenance.GetParams(s.ctx, s.rep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read maintenance params: %w", s.spec.Name, err)
+	}
+
+	return p, nil
+}
+
+// schedule reads the repository's maintenance schedule and run history.
+func (s *session) schedule() (*maintenance.Schedule, error) {
+	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", s.spec.Name, err)
+	}
+
+	return sched, nil
+}
+
 // kopiaContext routes kopia's logs into zap. kopia narrates its work at Info;
 // those lines are demoted to Debug so the daemon's own per-run and per-task
 // lines stay the Info-level story.

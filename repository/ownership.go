@@ -259,9 +259,9 @@ func (m *Manager) Owner(ctx context.Context, name string) (*OwnerInfo, error) {
 	}
 	defer s.Close()
 
-	p, err := maintenance.GetParams(s.ctx, s.rep)
+	p, err := s.params()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+		return nil, err
 	}
 
 	return m.ownerInfo(name, p.Owner)
@@ -295,9 +295,9 @@ func (m *Manager) TakeOwnership(ctx context.Context, name string) (*OwnerInfo, e
 	}
 	defer s.Close()
 
-	p, err := maintenance.GetParams(s.ctx, s.rep)
+	p, err := s.params()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+		return nil, err
 	}
 
 	self := m.opts.Identity.String()
@@ -351,9 +351,9 @@ func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, er
 	}
 	defer s.Close()
 
-	p, err := maintenance.GetParams(s.ctx, s.rep)
+	p, err := s.params()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+		return nil, err
 	}
 
 	self := m.opts.Identity.String()

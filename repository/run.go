@@ -93,14 +93,14 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 
 	report := &Report{Repository: name, Cycle: req.Cycle, Start: m.opts.Now()}
 
-	p, err := maintenance.GetParams(s.ctx, s.rep)
+	p, err := s.params()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+		return nil, err
 	}
 
-	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	sched, err := s.schedule()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", name, err)
+		return nil, err
 	}
 
 	tookOver, err := m.ensureOwnership(s, p, sched)
@@ -225,9 +225,9 @@ func writeNextTimes(ctx context.Context, dw repo.DirectRepositoryWriter, req Run
 // tasksSince returns the tasks recorded in the run history that started at
 // or after since, oldest first.
 func (m *Manager) tasksSince(s *session, since time.Time) ([]TaskResult, error) {
-	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	sched, err := s.schedule()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", s.spec.Name, err)
+		return nil, err
 	}
 
 	var out []TaskResult
@@ -302,9 +302,9 @@ func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full tim
 	}
 	defer s.Close()
 
-	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	sched, err := s.schedule()
 	if err != nil {
-		return time.Time{}, time.Time{}, fmt.Errorf("repository %q: read maintenance schedule: %w", name, err)
+		return time.Time{}, time.Time{}, err
 	}
 
 	quick, full = lastCycleSuccess(sched.Runs)

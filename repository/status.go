@@ -2,11 +2,9 @@ package repository
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"time"
 
-	"github.com/kopia/kopia/repo/maintenance"
 )
 
 // Status is what `kopia-maintd status` shows for one repository.
@@ -35,14 +33,14 @@ func (m *Manager) Status(ctx context.Context, name string) (*Status, error) {
 	}
 	defer s.Close()
 
-	p, err := maintenance.GetParams(s.ctx, s.rep)
+	p, err := s.params()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance params: %w", name, err)
+		return nil, err
 	}
 
-	sched, err := maintenance.GetSchedule(s.ctx, s.rep)
+	sched, err := s.schedule()
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: read maintenance schedule: %w", name, err)
+		return nil, err
 	}
 
 	oi, err := m.ownerInfo(name, p.Owner)

@@ -37,22 +37,12 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 		return usagef("owner %s: --to applies only to hand-back", action)
 	}
 
-	cfg, err := loadConfig(*cfgPath)
+	cfg, _, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}
 
 	if _, err := findRepository(cfg, *name); err != nil {
-		return err
-	}
-
-	log, err := newLogger(cfg.Log, stderr, zapcore.InfoLevel)
-	if err != nil {
-		return err
-	}
-
-	mgr, err := newManager(cfg, log.Named("repository"))
-	if err != nil {
 		return err
 	}
 

@@ -30,21 +30,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-
-	log, err := newLogger(cfg.Log, stderr, zapcore.DebugLevel)
+	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.DebugLevel)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
-
-	mgr, err := newManager(cfg, log.Named("repository"))
-	if err != nil {
-		return err
-	}
 
 	met := metrics.New(metrics.BuildInfo{Version: version, KopiaVersion: kopiaVersion()})
 

@@ -29,23 +29,13 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 		return usagef("--cycle must be quick or full, not %q", *cycle)
 	}
 
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-
-	rc, err := findRepository(cfg, *name)
-	if err != nil {
-		return err
-	}
-
-	log, err := newLogger(cfg.Log, stderr, zapcore.InfoLevel)
+	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
 
-	mgr, err := newManager(cfg, log.Named("repository"))
+	rc, err := findRepository(cfg, *name)
 	if err != nil {
 		return err
 	}

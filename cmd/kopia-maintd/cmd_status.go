@@ -36,7 +36,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	cfg, err := loadConfig(*cfgPath)
+	cfg, _, mgr, err := setup(*cfgPath, stderr, zapcore.ErrorLevel)
 	if err != nil {
 		return err
 	}
@@ -51,16 +51,6 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		repos = []config.Repository{r}
 	}
 
-	log, err := newLogger(cfg.Log, stderr, zapcore.ErrorLevel)
-	if err != nil {
-		return err
-	}
-
-	mgr, err := newManager(cfg, log.Named("repository"))
-	if err != nil {
-		return err
-	}
-
 	ctx := context.Background()
 	now := time.Now()
 	failed := 0
@@ -69,7 +59,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 
 	for _, r := range repos {
 		rs := repoStatus{Name: r.Name}
-		rs.CronNextQuick, rs.CronNextFull, _ = scheduler.NextTimes(scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}, now)
+		rs.CronNextQuick, rs.CronNextFull, _ = scheduler.NextTimes(schedulerRepo(r), now)
 
 		st, err := mgr.Status(ctx, r.Name)
 		if err != nil {

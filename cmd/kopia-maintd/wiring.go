@@ -138,14 +138,39 @@ func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error
 	}, sp)
 }
 
+// setup loads the configuration and builds the logger and the repository
+// manager, the start of every command that touches repositories.
+func setup(cfgPath string, stderr io.Writer, minLevel zapcore.Level) (*config.Config, *zap.Logger, *repository.Manager, error) {
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+
+	log, err := newLogger(cfg.Log, stderr, minLevel)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+
+	mgr, err := newManager(cfg, log.Named("repository"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+
+	return cfg, log, mgr, nil
+}
+
 // schedules turns the configuration's repositories into scheduler input.
 func schedules(cfg *config.Config) []scheduler.Repository {
 	out := make([]scheduler.Repository, 0, len(cfg.Repositories))
 	for _, r := range cfg.Repositories {
-		out = append(out, scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter})
+		out = append(out, schedulerRepo(r))
 	}
 
 	return out
+}
+
+func schedulerRepo(r config.Repository) scheduler.Repository {
+	return scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}
 }
 
 func findRepository(cfg *config.Config, name string) (config.Repository, error) {
@@ -164,9 +189,7 @@ func findRepository(cfg *config.Config, name string) (config.Repository, error) 
 
 // runRequest is what the scheduler would pass for a run of cycle now.
 func runRequest(r config.Repository, cycle repository.Cycle, now time.Time) (repository.RunRequest, error) {
-	sr := scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}
-
-	nq, nf, err := scheduler.NextTimes(sr, now)
+	nq, nf, err := scheduler.NextTimes(schedulerRepo(r), now)
 	if err != nil {
 		return repository.RunRequest{}, err
 	}
