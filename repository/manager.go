@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kopia/kopia/repo"
@@ -63,6 +65,11 @@ type Manager struct {
 
 	mu    sync.Mutex
 	specs map[string]Spec
+	// trackers holds, per repository, the run in flight that the storage
+	// wrapper reports to (nil between runs).
+	trackers map[string]*atomic.Pointer[runTracker]
+	// health keeps the last listing so quick cycles need not list packs.
+	health map[string]*Health
 }
 
 var validName = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
@@ -93,7 +100,7 @@ func NewManager(opts Options, specs []Spec) (*Manager, error) {
 
 	registerHandleType()
 
-	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}}
+	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}}
 	if err := m.Update(specs); err != nil {
 		return nil, err
 	}
@@ -120,14 +127,28 @@ func (m *Manager) Update(specs []Spec) error {
 		}
 
 		next[s.Name] = s
-		storage := s.Storage
-		handles.Store(m.handle(s.Name), func(ctx context.Context) (blob.Storage, error) {
-			return storage.openBlobStorage(ctx, false)
-		})
 	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
+
+	for name, s := range next {
+		tracker := m.trackers[name]
+		if tracker == nil {
+			tracker = &atomic.Pointer[runTracker]{}
+			m.trackers[name] = tracker
+		}
+
+		storage := s.Storage
+		handles.Store(m.handle(name), func(ctx context.Context) (blob.Storage, error) {
+			st, err := storage.openBlobStorage(ctx, false)
+			if err != nil {
+				return nil, err
+			}
+
+			return &trackingStorage{Storage: st, tracker: tracker}, nil
+		})
+	}
 
 	for name := range m.specs {
 		if _, keep := next[name]; !keep {
@@ -236,6 +257,20 @@ func (m *Manager) kopiaContext(ctx context.Context, log *zap.Logger) context.Con
 // open connects (once per storage, creating the repository when the spec asks
 // for it) and opens the repository.
 func (m *Manager) open(ctx context.Context, name string) (*session, error) {
+	return m.openWith(ctx, name, nil)
+}
+
+// tracker returns the slot for the run in flight of a repository.
+func (m *Manager) tracker(name string) *atomic.Pointer[runTracker] {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	return m.trackers[name]
+}
+
+// openWith opens the repository, sending kopia's content log to contentLog
+// when it is not nil.
+func (m *Manager) openWith(ctx context.Context, name string, contentLog io.Writer) (*session, error) {
 	spec, err := m.spec(name)
 	if err != nil {
 		return nil, err
@@ -259,6 +294,7 @@ func (m *Manager) open(ctx context.Context, name string) (*session, error) {
 	r, err := repo.Open(kctx, m.configFile(name), password, &repo.Options{
 		TimeNowFunc:         m.opts.Now,
 		DoNotWaitForUpgrade: true,
+		ContentLogWriter:    contentLog,
 		OnFatalError: func(err error) {
 			// kopia's default exits the process; one repository's fatal
 			// error must only end that repository's operation.
@@ -426,4 +462,18 @@ func (d demoteInfo) Write(e zapcore.Entry, f []zapcore.Field) error {
 	}
 
 	return d.Core.Write(e, f)
+}
+
+func (m *Manager) lastHealth(name string) *Health {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	return m.health[name]
+}
+
+func (m *Manager) setLastHealth(name string, h *Health) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	m.health[name] = h
 }

@@ -181,24 +181,25 @@ func lastActivity(ctx context.Context, dr repo.DirectRepository, s *maintenance.
 	return bm.Timestamp, nil
 }
 
-// ensureOwnership applies the spec's policy before a run. It returns a
+// ensureOwnership applies the spec's policy before a run and returns the
+// takeover reason when it took ownership (p.Owner is then us). It returns a
 // *NotOwnerError when the run must be skipped.
-func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *maintenance.Schedule) (changed bool, err error) {
+func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *maintenance.Schedule) (reason string, err error) {
 	self := m.opts.Identity.String()
 	if p.Owner == self {
-		return false, nil
+		return "", nil
 	}
 
 	st, err := m.loadOwnerState(s.spec.Name)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 
 	facts := ownershipFacts{Owner: p.Owner, Self: self, LastTakeover: st.TookOverAt, Now: m.opts.Now()}
 
 	if p.Owner != "" && s.spec.Ownership.Policy == PolicyStale {
 		if facts.LastActivity, err = lastActivity(s.ctx, s.rep, sched); err != nil {
-			return false, fmt.Errorf("repository %q: %w", s.spec.Name, err)
+			return "", fmt.Errorf("repository %q: %w", s.spec.Name, err)
 		}
 	}
 
@@ -207,11 +208,11 @@ func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *main
 		s.log.Warn("maintenance owned by another identity; not taking over",
 			zap.String("owner", p.Owner), zap.String("policy", string(s.spec.Ownership.Policy)), zap.String("reason", skip))
 
-		return false, &NotOwnerError{Repository: s.spec.Name, Owner: p.Owner, Reason: skip}
+		return "", &NotOwnerError{Repository: s.spec.Name, Owner: p.Owner, Reason: skip}
 	}
 
 	if err := m.recordTakeover(s.spec.Name, p.Owner, reason); err != nil {
-		return false, err
+		return "", err
 	}
 
 	s.log.Info("taking over maintenance ownership",
@@ -219,7 +220,7 @@ func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *main
 
 	p.Owner = self
 
-	return true, nil
+	return reason, nil
 }
 
 func (m *Manager) recordTakeover(name, from, reason string) error {

@@ -35,6 +35,8 @@ type RunRequest struct {
 	// QuickInterval and FullInterval are the nominal cycle intervals written
 	// into the repository's maintenance params. Zero leaves kopia's value.
 	QuickInterval, FullInterval time.Duration
+	// Observer, when set, follows the run's tasks and progress live.
+	Observer Observer
 }
 
 // TaskResult is one kopia maintenance task as recorded in the repository's
@@ -49,6 +51,14 @@ type TaskResult struct {
 	Summary string `json:"summary,omitempty"`
 	// Stats holds the statistics by kind, as kopia encodes them.
 	Stats map[string]map[string]any `json:"stats,omitempty"`
+	// BlobsDeleted and BytesDeleted are the storage deletes the task
+	// reported (packs, logs, superseded indexes, epoch markers).
+	BlobsDeleted int64 `json:"blobsDeleted,omitempty"`
+	BytesDeleted int64 `json:"bytesDeleted,omitempty"`
+	// ContentsGC is how many contents snapshot GC marked deleted, and
+	// UnreferencedBytes what it found unreferenced (marked or too young).
+	ContentsGC        int64 `json:"contentsGC,omitempty"`
+	UnreferencedBytes int64 `json:"unreferencedBytes,omitempty"`
 }
 
 // Duration is how long the task took.
@@ -56,13 +66,21 @@ func (t TaskResult) Duration() time.Duration { return t.End.Sub(t.Start) }
 
 // Report is the outcome of one Run.
 type Report struct {
-	Repository string       `json:"repository"`
-	Cycle      Cycle        `json:"cycle"`
-	Start      time.Time    `json:"start"`
-	End        time.Time    `json:"end"`
-	Owner      string       `json:"owner"`
-	TookOver   bool         `json:"tookOver"`
-	Tasks      []TaskResult `json:"tasks"`
+	Repository string    `json:"repository"`
+	Cycle      Cycle     `json:"cycle"`
+	Start      time.Time `json:"start"`
+	End        time.Time `json:"end"`
+	Owner      string    `json:"owner"`
+	TookOver   bool      `json:"tookOver"`
+	// PreviousOwner is the owner before the run; TakeoverReason says why
+	// the run took ownership (empty when it did not).
+	PreviousOwner  string       `json:"previousOwner"`
+	TakeoverReason string       `json:"takeoverReason,omitempty"`
+	Tasks          []TaskResult `json:"tasks"`
+	// Health is read from blob listings after the run.
+	Health *Health `json:"health,omitempty"`
+	// Reclaim is computed after successful full cycles (nil otherwise).
+	Reclaim *Reclaim `json:"reclaim,omitempty"`
 }
 
 // safety is the only safety level of scheduled runs: kopia's SafetyFull
@@ -85,11 +103,23 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		return nil, fmt.Errorf("unknown maintenance cycle %q", req.Cycle)
 	}
 
-	s, err := m.open(ctx, name)
+	tracker := newRunTracker(req.Observer, req.Cycle)
+	slot := m.tracker(name)
+
+	if slot != nil {
+		slot.Store(tracker)
+		defer slot.Store(nil)
+	}
+
+	s, err := m.openWith(ctx, name, tracker)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
+
+	tracker.ctx = s.ctx
+	tracker.log = s.log
+	tracker.rep.Store(&s.rep)
 
 	report := &Report{Repository: name, Cycle: req.Cycle, Start: m.opts.Now()}
 
@@ -103,15 +133,19 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		return nil, err
 	}
 
-	tookOver, err := m.ensureOwnership(s, p, sched)
+	tracker.baseline(sched)
+	report.PreviousOwner = p.Owner
+
+	reason, err := m.ensureOwnership(s, p, sched)
 	if err != nil {
 		return nil, err
 	}
 
-	report.TookOver = tookOver
+	report.TookOver = reason != ""
+	report.TakeoverReason = reason
 	report.Owner = p.Owner
 
-	if tookOver || syncIntervals(p, req) {
+	if report.TookOver || syncIntervals(p, req) {
 		if err := setParams(s.ctx, s.rep, p, "kopia-maintd: maintenance params"); err != nil {
 			return nil, fmt.Errorf("repository %q: write maintenance params: %w", name, err)
 		}
@@ -147,6 +181,10 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 				}
 			}
 
+			if ran && err == nil {
+				m.inspect(ctx, s, dw, req, tracker, report)
+			}
+
 			return err
 		})
 
@@ -158,9 +196,7 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		runErr = terr
 	}
 
-	for _, t := range report.Tasks {
-		logTask(s.log, t)
-	}
+	tracker.logRemaining(report.Tasks)
 
 	if runErr == nil && !ran {
 		return report, &LockedError{Repository: name}
@@ -177,6 +213,45 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 	}
 
 	return report, nil
+}
+
+// inspect reads the repository's health after a successful run and, after
+// a full cycle, explains what is still waiting to be reclaimed. Failures are
+// logged: they never fail the maintenance run.
+func (m *Manager) inspect(ctx context.Context, s *session, dw repo.DirectRepositoryWriter, req RunRequest, tracker *runTracker, report *Report) {
+	full := req.Cycle == Full
+
+	h, err := collectHealth(ctx, dw.BlobReader(), full, m.lastHealth(s.spec.Name), m.opts.Now())
+	if err != nil {
+		s.log.Warn("read repository health", zap.Error(err))
+	} else {
+		report.Health = h
+		m.setLastHealth(s.spec.Name, h)
+	}
+
+	if !full {
+		return
+	}
+
+	sched, err := maintenance.GetSchedule(ctx, dw)
+	if err != nil {
+		s.log.Warn("explain reclaim", zap.Error(err))
+		return
+	}
+
+	var unreferenced int64
+
+	if gc := newestSuccess(sched.Runs[maintenance.TaskSnapshotGarbageCollection]); !gc.End.IsZero() {
+		unreferenced = taskResult(maintenance.TaskSnapshotGarbageCollection, gc).UnreferencedBytes
+	}
+
+	r, err := computeReclaim(ctx, dw, sched, tracker.recentContents(), unreferenced, req.NextFull, req.FullInterval, m.opts.Now())
+	if err != nil {
+		s.log.Warn("explain reclaim", zap.Error(err))
+		return
+	}
+
+	report.Reclaim = r
 }
 
 // syncIntervals writes the daemon's cycle intervals into params and reports
@@ -255,6 +330,7 @@ func taskResult(task string, r maintenance.RunInfo) TaskResult {
 	for _, e := range r.Extra {
 		if sum, err := maintenancestats.BuildFromExtra(e); err == nil {
 			summaries = append(summaries, sum.Summary())
+			t.addCounts(sum)
 		}
 
 		if t.Stats == nil {
@@ -270,6 +346,26 @@ func taskResult(task string, r maintenance.RunInfo) TaskResult {
 	t.Summary = strings.Join(summaries, "; ")
 
 	return t
+}
+
+// addCounts takes the numbers the metrics need from typed statistics.
+func (t *TaskResult) addCounts(stats maintenancestats.Summarizer) {
+	switch st := stats.(type) {
+	case *maintenancestats.SnapshotGCStats:
+		t.ContentsGC += int64(st.DeletedContentCount)
+		t.UnreferencedBytes += st.UnreferencedContentSize + st.UnreferencedRecentContentSize
+	case *maintenancestats.DeleteUnreferencedPacksStats:
+		t.BlobsDeleted += int64(st.DeletedPackCount)
+		t.BytesDeleted += st.DeletedTotalSize
+	case *maintenancestats.CleanupLogsStats:
+		t.BlobsDeleted += int64(st.DeletedBlobCount)
+		t.BytesDeleted += st.DeletedBlobSize
+	case *maintenancestats.CleanupSupersededIndexesStats:
+		t.BlobsDeleted += int64(st.DeletedBlobCount)
+		t.BytesDeleted += st.DeletedTotalSize
+	case *maintenancestats.CleanupMarkersStats:
+		t.BlobsDeleted += int64(st.DeletedEpochMarkerBlobCount + st.DeletedWatermarkBlobCount)
+	}
 }
 
 func logTask(log *zap.Logger, t TaskResult) {

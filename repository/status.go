@@ -4,7 +4,6 @@ import (
 	"context"
 	"sort"
 	"time"
-
 )
 
 // Status is what `kopia-maintd status` shows for one repository.
