@@ -148,8 +148,8 @@ func TestReclaimPredictionMatchesKopia(t *testing.T) {
 		prediction  *Reclaim
 		predictions []*Reclaim // every full cycle's, checked at the end
 		deletedAt   = map[blob.ID]time.Time{}
-		deletion   time.Time
-		seed       int64
+		deletion    time.Time
+		seed        int64
 	)
 
 	for clk.Now().Before(start.Add(8 * 24 * time.Hour)) {
