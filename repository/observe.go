@@ -67,6 +67,9 @@ type runTracker struct {
 	ctx    context.Context
 	log    *zap.Logger
 	logged map[string]struct{}
+	// publish, when set, receives the same progress as the observer, for
+	// the live status file.
+	publish func(Progress)
 }
 
 // loggedContentIDBytes is how many bytes of a content ID kopia's content log
@@ -133,8 +136,18 @@ func (t *runTracker) maybeReport(force bool) {
 	}
 	t.mu.Unlock()
 
-	if due && t.obs != nil {
-		t.obs.Progress(t.progress())
+	if !due {
+		return
+	}
+
+	p := t.progress()
+
+	if t.obs != nil {
+		t.obs.Progress(p)
+	}
+
+	if t.publish != nil {
+		t.publish(p)
 	}
 }
 

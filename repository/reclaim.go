@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/kopia/kopia/repo"
@@ -342,4 +343,61 @@ func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *mainte
 	}
 
 	return r, nil
+}
+
+// Explain says in plain words what is waiting to be reclaimed, e.g.
+// "3.2 GiB unreferenced; 2.1 GiB held by safety margins until 2026-11-23
+// 04:10 UTC (second full cycle)".
+func (r *Reclaim) Explain() string {
+	if r == nil {
+		return "not computed yet (after the first full cycle)"
+	}
+
+	var b strings.Builder
+
+	fmt.Fprintf(&b, "%s unreferenced", HumanBytes(r.UnreferencedBytes))
+
+	switch {
+	case r.RetainedBytes == 0:
+		b.WriteString("; nothing held by safety margins")
+	case r.EligibleAt.IsZero():
+		fmt.Fprintf(&b, "; %s held by safety margins, deletion not predicted within the next %d full cycles", HumanBytes(r.RetainedBytes), reclaimHorizon)
+	default:
+		fmt.Fprintf(&b, "; %s held by safety margins until %s (%s)", HumanBytes(r.RetainedBytes), r.EligibleAt.UTC().Format("2006-01-02 15:04 MST"), ordinalCycle(r.EligibleCycle))
+
+		if !r.AllEligibleAt.IsZero() && r.AllEligibleAt.After(r.EligibleAt) {
+			fmt.Fprintf(&b, ", all of it by %s", r.AllEligibleAt.UTC().Format("2006-01-02 15:04 MST"))
+		}
+	}
+
+	if r.SharedBytes > 0 {
+		fmt.Fprintf(&b, "; %s shares packs with live data and is not freed by deleting packs", HumanBytes(r.SharedBytes))
+	}
+
+	return b.String()
+}
+
+func ordinalCycle(n int) string {
+	words := []string{"", "next full cycle", "second full cycle", "third full cycle", "fourth full cycle", "fifth full cycle"}
+	if n > 0 && n < len(words) {
+		return words[n]
+	}
+
+	return fmt.Sprintf("full cycle %d from now", n)
+}
+
+// HumanBytes formats a byte count with binary units.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -276,3 +276,30 @@ func TestReclaimPredictionMatchesKopia(t *testing.T) {
 
 	writer.verifyAll()
 }
+
+func TestReclaimExplain(t *testing.T) {
+	at := time.Date(2026, 11, 23, 4, 10, 0, 0, time.UTC)
+
+	tests := []struct {
+		r    *Reclaim
+		want string
+	}{
+		{nil, "not computed yet (after the first full cycle)"},
+		{&Reclaim{UnreferencedBytes: 0}, "0 B unreferenced; nothing held by safety margins"},
+		{
+			&Reclaim{UnreferencedBytes: 3435973837, RetainedBytes: 2254857830, EligibleAt: at, EligibleCycle: 2, AllEligibleAt: at},
+			"3.2 GiB unreferenced; 2.1 GiB held by safety margins until 2026-11-23 04:10 UTC (second full cycle)",
+		},
+		{
+			&Reclaim{UnreferencedBytes: 1 << 20, RetainedBytes: 1 << 20, EligibleAt: at, EligibleCycle: 1, AllEligibleAt: at.Add(48 * time.Hour), SharedBytes: 2048},
+			"1.0 MiB unreferenced; 1.0 MiB held by safety margins until 2026-11-23 04:10 UTC (next full cycle), all of it by 2026-11-25 04:10 UTC; 2.0 KiB shares packs with live data and is not freed by deleting packs",
+		},
+		{&Reclaim{UnreferencedBytes: 5000, RetainedBytes: 4096}, "4.9 KiB unreferenced; 4.0 KiB held by safety margins, deletion not predicted within the next 14 full cycles"},
+	}
+
+	for _, tc := range tests {
+		if got := tc.r.Explain(); got != tc.want {
+			t.Errorf("Explain() =\n %q\nwant\n %q", got, tc.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -121,6 +122,14 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 	tracker.log = s.log
 	tracker.rep.Store(&s.rep)
 
+	started := m.opts.Now()
+	pid := os.Getpid()
+	tracker.publish = func(p Progress) {
+		m.publishLive(name, LiveRun{PID: pid, Cycle: req.Cycle, Started: started, Updated: time.Now(), Progress: p})
+	}
+
+	defer m.clearLive(name)
+
 	report := &Report{Repository: name, Cycle: req.Cycle, Start: m.opts.Now()}
 
 	p, err := s.params()
@@ -197,6 +206,10 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 	}
 
 	tracker.logRemaining(report.Tasks)
+
+	if ran {
+		m.saveInspection(name, report)
+	}
 
 	if runErr == nil && !ran {
 		return report, &LockedError{Repository: name}

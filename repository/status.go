@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"time"
 )
@@ -21,6 +22,12 @@ type Status struct {
 	LastFull  time.Time `json:"lastFullSuccess,omitzero"`
 	// Tasks holds the newest run of every task in the run history.
 	Tasks []TaskResult `json:"tasks"`
+	// Running is the run in flight, when a daemon on this state directory
+	// is maintaining the repository now.
+	Running *LiveRun `json:"running,omitempty"`
+	// Health and Reclaim are what the last run found (nil before any).
+	Health  *Health  `json:"health,omitempty"`
+	Reclaim *Reclaim `json:"reclaim,omitempty"`
 }
 
 // Status reads a repository's ownership, schedule and the last run of every
@@ -57,6 +64,17 @@ func (m *Manager) Status(ctx context.Context, name string) (*Status, error) {
 	}
 
 	st.LastQuick, st.LastFull = lastCycleSuccess(sched.Runs)
+
+	if st.Running, err = m.live(name, time.Now()); err != nil {
+		return nil, fmt.Errorf("repository %q: %w", name, err)
+	}
+
+	var in Inspection
+	if _, err := readJSON(m.statusFile(name, "inspection"), &in); err != nil {
+		return nil, fmt.Errorf("repository %q: %w", name, err)
+	}
+
+	st.Health, st.Reclaim = in.Health, in.Reclaim
 
 	for task, runs := range sched.Runs {
 		if len(runs) > 0 {

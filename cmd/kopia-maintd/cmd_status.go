@@ -103,7 +103,7 @@ func fmtTime(t time.Time, now time.Time) string {
 	d := t.Sub(now).Round(time.Second)
 
 	rel := "in " + d.String()
-	if d < 0 {
+	if d <= 0 {
 		rel = (-d).String() + " ago"
 	}
 
@@ -145,10 +145,31 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 		fmt.Fprintf(w, "  previous owner:  none remembered\n")
 	}
 
+	if r := st.Running; r != nil {
+		task := r.Progress.Task
+		if task == "" {
+			task = "starting"
+		}
+
+		fmt.Fprintf(w, "  running:         %s cycle since %s, task %s: %d blobs (%s) deleted, %d contents scanned\n",
+			r.Cycle, fmtTime(r.Started, now), task, r.Progress.BlobsDeleted, repository.HumanBytes(r.Progress.BytesDeleted), r.Progress.ContentsScanned)
+	} else {
+		fmt.Fprintf(w, "  running:         no\n")
+	}
+
 	fmt.Fprintf(w, "  next quick:      %s\n", fmtTime(st.NextQuick, now))
 	fmt.Fprintf(w, "  next full:       %s\n", fmtTime(st.NextFull, now))
 	fmt.Fprintf(w, "  last quick ok:   %s\n", fmtTime(st.LastQuick, now))
 	fmt.Fprintf(w, "  last full ok:    %s\n", fmtTime(st.LastFull, now))
+
+	fmt.Fprintf(w, "  reclaim:         %s\n", st.Reclaim.Explain())
+
+	if h := st.Health; h != nil {
+		fmt.Fprintf(w, "  health:          %d index blobs, %d session markers, data packs %s, metadata packs %s, indexes %s, other %s\n",
+			h.IndexBlobs, h.SessionMarkers, repository.HumanBytes(h.SizeBytes[repository.ClassDataPacks]),
+			repository.HumanBytes(h.SizeBytes[repository.ClassMetadataPacks]), repository.HumanBytes(h.SizeBytes[repository.ClassIndex]),
+			repository.HumanBytes(h.SizeBytes[repository.ClassOther]))
+	}
 
 	if len(st.Tasks) == 0 {
 		fmt.Fprintf(w, "  tasks:           no maintenance recorded yet\n")
