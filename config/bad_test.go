@@ -110,6 +110,27 @@ func badConfigs() map[string][]string {
 		"password-none.yaml": {
 			`repositories[0]: exactly one of passwordFile and passwordEnv is required, got neither`,
 		},
+		"probe-address.yaml": {
+			`server.probeAddress: invalid listen address "localhost": address localhost: missing port in address`,
+		},
+		"probe-address-same.yaml": {
+			`server.probeAddress: must differ from server.listenAddress ":9810"`,
+		},
+		"web-config-bad-hash.yaml": {
+			`server.webConfigFile: invalid web config {{testdata}}/web/bad-hash.yml: crypto/bcrypt: hashedSecret too short to be a bcrypted password`,
+		},
+		"web-config-empty-path.yaml": {
+			`server.webConfigFile: must not be empty`,
+		},
+		"web-config-missing-cert.yaml": {
+			`server.webConfigFile: invalid web config {{testdata}}/web/missing-cert.yml: failed to read cert_file ({{testdata}}/web/no-such-cert.pem): open {{testdata}}/web/no-such-cert.pem: no such file or directory`,
+		},
+		"web-config-unknown-key.yaml": {
+			`server.webConfigFile: invalid web config {{testdata}}/web/unknown-key.yml: yaml: unmarshal errors: line 1: field basic_auth not found in type web.Config`,
+		},
+		"web-config-unreadable.yaml": {
+			`server.webConfigFile: open {{testdata}}/no-such-web.yml: no such file or directory`,
+		},
 		"repositories-empty.yaml": {
 			`repositories: at least one repository is required`,
 		},

@@ -71,8 +71,18 @@ func (i Identity) String() string {
 
 // Server configures the HTTP server.
 type Server struct {
-	// ListenAddress is a host:port with a numeric port; the host may be empty.
+	// ListenAddress is a host:port with a numeric port; the host may be
+	// empty. It serves /metrics and POST /-/reload, and /healthz and /readyz
+	// when ProbeAddress is empty.
 	ListenAddress string
+	// ProbeAddress, when not empty, is a host:port (different from
+	// ListenAddress) that serves only /healthz and /readyz, over plain HTTP
+	// and without authentication, for kubelet probes.
+	ProbeAddress string
+	// WebConfigFile, when not empty, is the absolute path of an
+	// exporter-toolkit web configuration file (TLS, basic auth) for
+	// ListenAddress. It was readable and valid when the config was parsed.
+	WebConfigFile string
 }
 
 // Log configures logging.

@@ -35,6 +35,8 @@ type rawIdentity struct {
 
 type rawServer struct {
 	ListenAddress *string `yaml:"listenAddress"`
+	ProbeAddress  *string `yaml:"probeAddress"`
+	WebConfigFile *string `yaml:"webConfigFile"`
 }
 
 type rawLog struct {

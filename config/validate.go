@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/robfig/cron/v3"
 )
 
@@ -43,6 +44,19 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 		if err := checkListenAddress(*v); err != nil {
 			p.add("server.listenAddress", "invalid listen address %q: %s", *v, err)
 		}
+	}
+	if v := raw.Server.ProbeAddress; v != nil {
+		cfg.Server.ProbeAddress = *v
+		switch err := checkListenAddress(*v); {
+		case err != nil:
+			p.add("server.probeAddress", "invalid listen address %q: %s", *v, err)
+		case *v == cfg.Server.ListenAddress:
+			p.add("server.probeAddress", "must differ from server.listenAddress %q", cfg.Server.ListenAddress)
+		}
+	}
+	if v := raw.Server.WebConfigFile; v != nil {
+		cfg.Server.WebConfigFile = resolvePath(*v, dir, "server.webConfigFile", p)
+		checkWebConfig(cfg.Server.WebConfigFile, "server.webConfigFile", p)
 	}
 	if v := raw.Log.Level; v != nil {
 		cfg.Log.Level = *v
@@ -337,6 +351,25 @@ func checkListenAddress(addr string) error {
 		return fmt.Errorf("port must be a number from 1 to 65535, got %q", port)
 	}
 	return nil
+}
+
+// checkWebConfig proves that an exporter-toolkit web configuration file is
+// readable and valid (its YAML, its bcrypt hashes, its certificate and key
+// files), exactly as the server will read it, so that a broken file is a
+// configuration error rather than a server that fails at start or reload.
+func checkWebConfig(file, path string, p *problems) {
+	if file == "" {
+		return
+	}
+	if _, err := os.ReadFile(file); err != nil {
+		p.add(path, "%s", err)
+		return
+	}
+	if err := web.Validate(file); err != nil {
+		// yaml errors span several lines; a problem is one line.
+		msg := strings.Join(strings.Fields(err.Error()), " ")
+		p.add(path, "invalid web config %s: %s", file, msg)
+	}
 }
 
 // checkEndpoint accepts host or host:port. kopia's S3 backend takes the

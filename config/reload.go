@@ -1,0 +1,40 @@
+package config
+
+// CheckReload reports the changes from old to next that a running daemon
+// cannot apply without a restart, as an *Error with one problem per changed
+// field; it returns nil when next can replace old in place.
+//
+// A restart is required for:
+//   - identity: the owner the daemon claims and has written into every
+//     repository's maintenance params and lease;
+//   - stateDirectory: connection files, caches and remembered owners live
+//     there;
+//   - concurrency: the scheduler's limit is fixed when it is created;
+//   - server.listenAddress, server.probeAddress, server.webConfigFile: the
+//     listeners are bound once (exporter-toolkit reads the web config file
+//     again for every request, so edits to the file itself apply at once);
+//   - log.format: the log encoder is built once.
+//
+// Everything else (repositories added, removed or changed, schedules,
+// ownership policies, defaults, log.level) applies on reload.
+func CheckReload(old, next *Config) error {
+	var p problems
+	changed := func(path, was, now string) {
+		if was != now {
+			p.add(path, "cannot be changed without a restart (was %q, now %q)", was, now)
+		}
+	}
+	changed("identity", old.Identity.String(), next.Identity.String())
+	changed("stateDirectory", old.StateDirectory, next.StateDirectory)
+	if old.Concurrency != next.Concurrency {
+		p.add("concurrency", "cannot be changed without a restart (was %d, now %d)", old.Concurrency, next.Concurrency)
+	}
+	changed("server.listenAddress", old.Server.ListenAddress, next.Server.ListenAddress)
+	changed("server.probeAddress", old.Server.ProbeAddress, next.Server.ProbeAddress)
+	changed("server.webConfigFile", old.Server.WebConfigFile, next.Server.WebConfigFile)
+	changed("log.format", old.Log.Format, next.Log.Format)
+	if len(p.list) > 0 {
+		return &Error{Problems: p.list}
+	}
+	return nil
+}
