@@ -1,14 +1,31 @@
-// Package metrics defines kopia-maintd's Prometheus metrics on a private
-// registry and serves them with the health probes.
+// Package metrics exports kopia-maintd's state as Prometheus metrics and
+// serves them, with the health probes and the reload endpoint, through
+// prometheus/exporter-toolkit.
 //
-// Every metric is prefixed kopia_maintenance_ and labelled by repository
-// (and cycle where it applies); label values come from small fixed sets and
-// never carry error text. Counters live as long as the process: a restart
-// resets them, as Prometheus' rate() expects.
+// Metrics keeps one state record per repository, fed by the scheduler (the
+// Recorder methods RunStarted, RunFinished and NextRun), by the maintenance
+// runs (TaskStarted, Progress, TaskFinished, Health, Reclaim, Owner,
+// OwnershipChanged) and by the daemon (SetRepositories, ConfigReloaded). A
+// prometheus.Collector turns that state into samples at scrape time, so a
+// repository dropped by SetRepositories leaves no series behind and the live
+// progress series exist only while a run is in flight. There are no globals
+// and no promauto: everything is registered on a private registry.
+//
+// Every metric is prefixed kopia_maintenance_; the names, labels and meaning
+// are listed in CONTRACT.md. Label values come from small fixed sets (cycle,
+// result, task and class names) or from the configuration (repository
+// names) and never carry error text.
+//
+// Counters (runs_total, task_runs_total, blobs_deleted_total, ...) count for
+// as long as the process lives. A repository's failures do not reset them;
+// a process restart does, and a repository removed from the configuration
+// and added back starts again from zero. That is what Prometheus' rate() and
+// increase() expect.
 package metrics
 
 import (
-	"runtime"
+	"maps"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,73 +34,148 @@ import (
 
 const namespace = "kopia_maintenance"
 
+// The label values of the fixed sets.
+var (
+	// cycleNames are the cycles whose series exist from the start.
+	cycleNames = []string{"quick", "full"}
+	// runResults are the results of runs_total, all exported from the start
+	// so that increase() sees the first failure.
+	runResults = []string{"success", "failure", "skipped", "cancelled"}
+	// sizeClasses are the values of repository_size_bytes' class label.
+	sizeClasses = []string{"p", "q", "index", "other"}
+)
+
+// durationBuckets are run_duration_seconds' upper bounds, 1 s to 8 h: quick
+// cycles take seconds, full cycles of large repositories take hours.
+var durationBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800}
+
 // BuildInfo describes the running binary.
 type BuildInfo struct {
 	Version      string
 	KopiaVersion string
 }
 
-// Metrics holds the daemon's metrics. Its methods are safe for concurrent use.
-type Metrics struct {
-	registry *prometheus.Registry
-
-	runs        *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	lastSuccess *prometheus.GaugeVec
-	lastRun     *prometheus.GaugeVec
-	nextRun     *prometheus.GaugeVec
-	inProgress  *prometheus.GaugeVec
+// Progress is the progress of the run in flight, as reported while it runs.
+// The counts are totals of the run so far, not increments.
+type Progress struct {
+	// Task is the kopia task running now; "" leaves the current task as it is.
+	Task string
+	// BlobsDeleted, BytesDeleted and ContentsScanned count the run's work so far.
+	BlobsDeleted, BytesDeleted, ContentsScanned int64
 }
 
-// New registers the metrics on a new private registry, with the Go runtime
-// and process collectors beside them.
-func New(info BuildInfo) *Metrics {
-	reg := prometheus.NewRegistry()
-	repoCycle := []string{"repository", "cycle"}
+// Task is one finished kopia maintenance task.
+type Task struct {
+	// Name is kopia's task name, e.g. snapshot-gc, full-delete-blobs.
+	Name string
+	// Start and End bound the task's run.
+	Start, End time.Time
+	// Success is false when the task failed.
+	Success bool
+	// BlobsDeleted and BytesDeleted are the pack, log and index blobs the
+	// task deleted from storage and their size.
+	BlobsDeleted, BytesDeleted int64
+	// ContentsGC is the number of contents marked deleted by snapshot GC.
+	ContentsGC int64
+}
 
+// Health describes a repository's storage, from the blob listing taken after
+// a run.
+type Health struct {
+	// IndexBlobs counts epoch (xn, xs, xr, ...) and legacy (n) index blobs.
+	IndexBlobs int64
+	// SessionMarkers counts session marker (s) blobs.
+	SessionMarkers int64
+	// SizeBytes is the stored size by blob class: p, q, index, other. Sizes
+	// of any other key are added to "other".
+	SizeBytes map[string]int64
+}
+
+// Reclaim explains the storage that maintenance found unreferenced.
+type Reclaim struct {
+	// UnreferencedBytes were found unreferenced by the last full cycle.
+	UnreferencedBytes int64
+	// RetainedBytes are unreferenced but still stored, held by SafetyFull's
+	// margins.
+	RetainedBytes int64
+	// EligibleAt is the earliest time the retained bytes may be deleted;
+	// zero when none are retained.
+	EligibleAt time.Time
+}
+
+// Metrics holds the daemon's metric state and the registry that exports it.
+// Its methods are safe for concurrent use.
+type Metrics struct {
+	registry *prometheus.Registry
+	info     BuildInfo
+
+	mu sync.Mutex
+	// repos holds the state of every repository that is exported.
+	repos map[string]*repoState
+	// configured is nil until SetRepositories is called; from then on,
+	// events for repositories outside it are dropped, so a run that
+	// finishes after its repository was removed cannot bring back its series.
+	configured map[string]bool
+	// reloadOK is the result of the last ConfigReloaded.
+	reloadOK bool
+	// reloadSuccess is when the configuration was last loaded successfully.
+	reloadSuccess time.Time
+}
+
+type repoState struct {
+	cycles map[string]*cycleState
+	// run is non-nil while a run of the repository is in flight. The
+	// scheduler never runs two cycles of one repository at once.
+	run   *runState
+	tasks map[string]*taskState
+
+	blobsDeleted, bytesDeleted, contentsGC float64
+
+	health  *Health
+	reclaim *Reclaim
+	owner   *ownerState
+
+	ownershipChanges map[string]float64
+}
+
+type cycleState struct {
+	runs map[string]float64
+	// buckets[i] counts durations <= durationBuckets[i] and above the bound
+	// before it; durations above the last bound only count in count.
+	buckets []uint64
+	count   uint64
+	sum     float64
+
+	inProgress                   bool
+	lastSuccess, lastRun, nextAt time.Time
+}
+
+type runState struct {
+	task     string
+	progress Progress
+}
+
+type taskState struct {
+	duration    float64
+	lastSuccess time.Time
+	runs        map[string]float64
+}
+
+type ownerState struct {
+	owner  string
+	isSelf bool
+}
+
+// New returns Metrics with a private registry holding its collector, the Go
+// runtime collector and the process collector.
+func New(info BuildInfo) *Metrics {
 	m := &Metrics{
-		registry: reg,
-		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "runs_total",
-			Help: "Maintenance runs by repository, cycle and result (success, failure, skipped, cancelled).",
-		}, []string{"repository", "cycle", "result"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "run_duration_seconds",
-			Help: "Duration of maintenance runs that were not skipped.",
-			// 1 s to 8 h: quick cycles take seconds, full cycles of large
-			// repositories take hours.
-			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800},
-		}, repoCycle),
-		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "last_success_timestamp_seconds",
-			Help: "Unix time the last successful run of the cycle finished.",
-		}, repoCycle),
-		lastRun: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "last_run_timestamp_seconds",
-			Help: "Unix time the last run of the cycle finished, whatever its result.",
-		}, repoCycle),
-		nextRun: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "next_run_timestamp_seconds",
-			Help: "Unix time the next run of the cycle is due.",
-		}, repoCycle),
-		inProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "in_progress",
-			Help: "1 while a run of the cycle is in flight.",
-		}, repoCycle),
+		registry: prometheus.NewRegistry(),
+		info:     info,
+		repos:    map[string]*repoState{},
 	}
 
-	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "build_info",
-		Help: "Build information of kopia-maintd; the value is always 1.",
-		ConstLabels: prometheus.Labels{
-			"version":   info.Version,
-			"goversion": runtime.Version(),
-			"kopia":     info.KopiaVersion,
-		},
-	})
-	buildInfo.Set(1)
-
-	reg.MustRegister(m.runs, m.duration, m.lastSuccess, m.lastRun, m.nextRun, m.inProgress, buildInfo,
+	m.registry.MustRegister(&collector{m: m, d: newDescs(info)},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	return m
@@ -92,42 +184,268 @@ func New(info BuildInfo) *Metrics {
 // Registry returns the private registry to serve.
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
-// RunStarted records that a run began.
-func (m *Metrics) RunStarted(repository, cycle string, _ time.Time) {
-	m.inProgress.WithLabelValues(repository, cycle).Set(1)
+// repo returns the state of repository, creating it, or nil when the
+// repository is not configured. m.mu must be held.
+func (m *Metrics) repo(repository string) *repoState {
+	if st, ok := m.repos[repository]; ok {
+		return st
+	}
+
+	if m.configured != nil && !m.configured[repository] {
+		return nil
+	}
+
+	st := &repoState{
+		cycles:           map[string]*cycleState{},
+		tasks:            map[string]*taskState{},
+		ownershipChanges: map[string]float64{},
+	}
+	for _, c := range cycleNames {
+		st.cycle(c)
+	}
+
+	m.repos[repository] = st
+
+	return st
 }
 
-// RunFinished records a run's result.
+func (st *repoState) cycle(cycle string) *cycleState {
+	if c, ok := st.cycles[cycle]; ok {
+		return c
+	}
+
+	c := &cycleState{runs: map[string]float64{}, buckets: make([]uint64, len(durationBuckets))}
+	for _, r := range runResults {
+		c.runs[r] = 0
+	}
+
+	st.cycles[cycle] = c
+
+	return c
+}
+
+func (st *repoState) task(name string) *taskState {
+	if t, ok := st.tasks[name]; ok {
+		return t
+	}
+
+	t := &taskState{runs: map[string]float64{}}
+	st.tasks[name] = t
+
+	return t
+}
+
+func (c *cycleState) observe(seconds float64) {
+	c.count++
+	c.sum += seconds
+
+	for i, b := range durationBuckets {
+		if seconds <= b {
+			c.buckets[i]++
+			break
+		}
+	}
+}
+
+// SetRepositories sets the configured repositories, at start and after
+// every reload. The state of every other repository is dropped, so their
+// series disappear from the next scrape, and later events about them are
+// ignored. A repository that is added gets runs_total (zero for every
+// result), in_progress, run_duration_seconds and the deletion counters at
+// once.
+func (m *Metrics) SetRepositories(names []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	m.configured = make(map[string]bool, len(names))
+	for _, n := range names {
+		m.configured[n] = true
+	}
+
+	maps.DeleteFunc(m.repos, func(name string, _ *repoState) bool { return !m.configured[name] })
+
+	for _, n := range names {
+		m.repo(n)
+	}
+}
+
+// ConfigReloaded records the outcome of loading the configuration (the
+// initial load counts as one). at is the time of a successful load.
+func (m *Metrics) ConfigReloaded(ok bool, at time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	m.reloadOK = ok
+	if ok {
+		m.reloadSuccess = at
+	}
+}
+
+// RunStarted records that a run of cycle began on repository: in_progress
+// turns 1 and the live progress series appear. It implements the
+// scheduler's Recorder.
+func (m *Metrics) RunStarted(repository, cycle string, _ time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	st := m.repo(repository)
+	if st == nil {
+		return
+	}
+
+	st.cycle(cycle).inProgress = true
+	st.run = &runState{}
+}
+
+// RunFinished records a run's result (success, failure, skipped or
+// cancelled): the live progress series disappear, runs_total counts it and,
+// unless it was skipped, its duration and finish time are recorded. It
+// implements the scheduler's Recorder.
 func (m *Metrics) RunFinished(repository, cycle, result string, started, finished time.Time) {
-	m.inProgress.WithLabelValues(repository, cycle).Set(0)
-	m.runs.WithLabelValues(repository, cycle, result).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	st := m.repo(repository)
+	if st == nil {
+		return
+	}
+
+	c := st.cycle(cycle)
+	c.inProgress = false
+	st.run = nil
+	c.runs[result]++
 
 	if result == "skipped" {
 		return
 	}
 
-	m.duration.WithLabelValues(repository, cycle).Observe(finished.Sub(started).Seconds())
-	m.lastRun.WithLabelValues(repository, cycle).Set(unix(finished))
+	c.observe(finished.Sub(started).Seconds())
+	c.lastRun = finished
 
 	if result == "success" {
-		m.lastSuccess.WithLabelValues(repository, cycle).Set(unix(finished))
+		c.lastSuccess = finished
 	}
 }
 
-// NextRun records when a cycle is due next.
+// NextRun records when a cycle is due next. It implements the scheduler's
+// Recorder.
 func (m *Metrics) NextRun(repository, cycle string, at time.Time) {
-	m.nextRun.WithLabelValues(repository, cycle).Set(unix(at))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.cycle(cycle).nextAt = at
+	}
 }
 
-// Forget removes every series of a repository (it left the configuration).
-func (m *Metrics) Forget(repository string) {
-	l := prometheus.Labels{"repository": repository}
-	m.runs.DeletePartialMatch(l)
-	m.duration.DeletePartialMatch(l)
-	m.lastSuccess.DeletePartialMatch(l)
-	m.lastRun.DeletePartialMatch(l)
-	m.nextRun.DeletePartialMatch(l)
-	m.inProgress.DeletePartialMatch(l)
+// TaskStarted records the kopia task the run in flight is running now. It
+// is ignored when no run of the repository is in flight.
+func (m *Metrics) TaskStarted(repository, task string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil && st.run != nil {
+		st.run.task = task
+	}
+}
+
+// Progress records the progress of the run in flight; p holds the run's
+// totals so far. It is ignored when no run of the repository is in flight.
+func (m *Metrics) Progress(repository string, p Progress) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	st := m.repo(repository)
+	if st == nil || st.run == nil {
+		return
+	}
+
+	if p.Task != "" {
+		st.run.task = p.Task
+	}
+
+	st.run.progress = p
+}
+
+// TaskFinished records a finished kopia task: its duration, its result, its
+// last success and what it deleted, which is added to the deletion counters
+// whether or not the task succeeded. When it is the current task of the run
+// in flight, current_task has no series until the next task starts.
+func (m *Metrics) TaskFinished(repository string, t Task) {
+	if t.Name == "" {
+		return
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	st := m.repo(repository)
+	if st == nil {
+		return
+	}
+
+	ts := st.task(t.Name)
+	ts.duration = t.End.Sub(t.Start).Seconds()
+
+	if t.Success {
+		ts.lastSuccess = t.End
+		ts.runs["success"]++
+	} else {
+		ts.runs["failure"]++
+	}
+
+	st.blobsDeleted += float64(max(t.BlobsDeleted, 0))
+	st.bytesDeleted += float64(max(t.BytesDeleted, 0))
+	st.contentsGC += float64(max(t.ContentsGC, 0))
+
+	if st.run != nil && st.run.task == t.Name {
+		st.run.task = ""
+	}
+}
+
+// Health records the repository's storage health from the latest listing.
+func (m *Metrics) Health(repository string, h Health) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		h.SizeBytes = maps.Clone(h.SizeBytes)
+		st.health = &h
+	}
+}
+
+// Reclaim records the latest reclamation explanation of the repository.
+func (m *Metrics) Reclaim(repository string, r Reclaim) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.reclaim = &r
+	}
+}
+
+// Owner records the repository's maintenance owner ("" when unowned) and
+// whether it is this daemon's identity.
+func (m *Metrics) Owner(repository, owner string, isSelf bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.owner = &ownerState{owner: owner, isSelf: isSelf}
+	}
+}
+
+// OwnershipChanged counts a change of the repository's maintenance owner.
+// reason is one of unowned, stale, always (this daemon took ownership under
+// that policy), manual (an operator's owner take), handback (this daemon
+// gave it back) and external (another identity took it from us).
+func (m *Metrics) OwnershipChanged(repository, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.ownershipChanges[reason]++
+	}
 }
 
 func unix(t time.Time) float64 {

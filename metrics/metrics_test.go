@@ -1,103 +1,373 @@
 package metrics
 
 import (
-	"context"
-	"errors"
-	"io"
-	"net/http"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 )
 
-func TestRecorderSeries(t *testing.T) {
-	m := New(BuildInfo{Version: "v1.2.3", KopiaVersion: "v0.22.3"})
-	start := time.Unix(1_700_000_000, 0)
+// ownNames are the metrics of the collector (not the Go and process ones).
+var ownNames = []string{
+	"kopia_maintenance_runs_total", "kopia_maintenance_run_duration_seconds",
+	"kopia_maintenance_last_success_timestamp_seconds", "kopia_maintenance_last_run_timestamp_seconds",
+	"kopia_maintenance_next_run_timestamp_seconds", "kopia_maintenance_in_progress",
+	"kopia_maintenance_current_task", "kopia_maintenance_task_progress_blobs_deleted",
+	"kopia_maintenance_task_progress_bytes_deleted", "kopia_maintenance_task_progress_contents_scanned",
+	"kopia_maintenance_task_duration_seconds", "kopia_maintenance_task_last_success_timestamp_seconds",
+	"kopia_maintenance_task_runs_total", "kopia_maintenance_blobs_deleted_total",
+	"kopia_maintenance_bytes_deleted_total", "kopia_maintenance_contents_gc_total",
+	"kopia_maintenance_unreferenced_bytes", "kopia_maintenance_retained_bytes",
+	"kopia_maintenance_reclaim_eligible_timestamp_seconds", "kopia_maintenance_index_blobs",
+	"kopia_maintenance_session_markers", "kopia_maintenance_repository_size_bytes",
+	"kopia_maintenance_owner_info", "kopia_maintenance_ownership_changes_total",
+	"kopia_maintenance_build_info", "kopia_maintenance_config_last_reload_successful",
+	"kopia_maintenance_config_last_reload_success_timestamp_seconds", "kopia_maintenance_repositories",
+}
 
-	m.RunStarted("a", "quick", start)
+var t0 = time.Unix(1_700_000_000, 0).UTC()
 
-	if got := testutil.ToFloat64(m.inProgress.WithLabelValues("a", "quick")); got != 1 {
-		t.Fatalf("in_progress during run = %v", got)
-	}
+func compare(t *testing.T, m *Metrics, want string) {
+	t.Helper()
 
-	m.RunFinished("a", "quick", "success", start, start.Add(3*time.Second))
-	m.RunFinished("a", "full", "failure", start, start.Add(time.Minute))
-	m.RunFinished("b", "quick", "skipped", start, start)
-	m.NextRun("a", "quick", start.Add(time.Hour))
-
-	want := `
-# HELP kopia_maintenance_last_success_timestamp_seconds Unix time the last successful run of the cycle finished.
-# TYPE kopia_maintenance_last_success_timestamp_seconds gauge
-kopia_maintenance_last_success_timestamp_seconds{cycle="quick",repository="a"} 1.700000003e+09
-# HELP kopia_maintenance_runs_total Maintenance runs by repository, cycle and result (success, failure, skipped, cancelled).
-# TYPE kopia_maintenance_runs_total counter
-kopia_maintenance_runs_total{cycle="full",repository="a",result="failure"} 1
-kopia_maintenance_runs_total{cycle="quick",repository="a",result="success"} 1
-kopia_maintenance_runs_total{cycle="quick",repository="b",result="skipped"} 1
-`
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want),
-		"kopia_maintenance_runs_total", "kopia_maintenance_last_success_timestamp_seconds"); err != nil {
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), ownNames...); err != nil {
 		t.Fatal(err)
-	}
-
-	m.Forget("a")
-
-	if n := testutil.CollectAndCount(m.runs); n != 1 {
-		t.Fatalf("after Forget(a) runs_total has %d series, want only b's", n)
 	}
 }
 
-func TestServerEndpoints(t *testing.T) {
-	m := New(BuildInfo{Version: "test", KopiaVersion: "v0.22.3"})
-	ready := errors.New("scheduler not started")
+const header = `
+# HELP kopia_maintenance_build_info Build information of kopia-maintd; the value is always 1.
+# TYPE kopia_maintenance_build_info gauge
+kopia_maintenance_build_info{goversion="%s",kopia="v0.22.3",version="v1.2.3"} 1
+# HELP kopia_maintenance_config_last_reload_successful 1 when the last load of the configuration file succeeded.
+# TYPE kopia_maintenance_config_last_reload_successful gauge
+kopia_maintenance_config_last_reload_successful %d
+`
 
-	s, err := NewServer("127.0.0.1:0", m, func() error { return ready }, zaptest.NewLogger(t))
+// emptyRepo is the exposition of a configured repository nothing happened to.
+func emptyRepo(name string) string {
+	var b strings.Builder
+
+	for _, c := range []string{"full", "quick"} {
+		for _, r := range []string{"cancelled", "failure", "skipped", "success"} {
+			fmt.Fprintf(&b, "kopia_maintenance_runs_total{cycle=%q,repository=%q,result=%q} 0\n", c, name, r)
+		}
+	}
+
+	return b.String()
+}
+
+func emptyHistogram(name, cycle string) string {
+	var b strings.Builder
+	for _, le := range []string{"1", "5", "15", "30", "60", "120", "300", "600", "1200", "1800", "3600", "7200", "14400", "28800", "+Inf"} {
+		fmt.Fprintf(&b, "kopia_maintenance_run_duration_seconds_bucket{cycle=%q,repository=%q,le=%q} 0\n", cycle, name, le)
+	}
+
+	fmt.Fprintf(&b, "kopia_maintenance_run_duration_seconds_sum{cycle=%q,repository=%q} 0\n", cycle, name)
+	fmt.Fprintf(&b, "kopia_maintenance_run_duration_seconds_count{cycle=%q,repository=%q} 0\n", cycle, name)
+
+	return b.String()
+}
+
+const (
+	helpRuns = `# HELP kopia_maintenance_runs_total Maintenance runs by repository, cycle and result (success, failure, skipped, cancelled).
+# TYPE kopia_maintenance_runs_total counter
+`
+	helpDuration = `# HELP kopia_maintenance_run_duration_seconds Duration of maintenance runs that were not skipped.
+# TYPE kopia_maintenance_run_duration_seconds histogram
+`
+	helpInProgress = `# HELP kopia_maintenance_in_progress 1 while a run of the cycle is in flight.
+# TYPE kopia_maintenance_in_progress gauge
+`
+	helpRepositories = `# HELP kopia_maintenance_repositories Configured repositories.
+# TYPE kopia_maintenance_repositories gauge
+`
+	helpDeleted = `# HELP kopia_maintenance_blobs_deleted_total Pack, log and index blobs deleted by maintenance.
+# TYPE kopia_maintenance_blobs_deleted_total counter
+`
+	helpBytes = `# HELP kopia_maintenance_bytes_deleted_total Bytes of the blobs deleted by maintenance.
+# TYPE kopia_maintenance_bytes_deleted_total counter
+`
+	helpContents = `# HELP kopia_maintenance_contents_gc_total Contents marked deleted by snapshot garbage collection.
+# TYPE kopia_maintenance_contents_gc_total counter
+`
+)
+
+// TestCollectorExposition feeds a whole full cycle with its tasks and checks
+// the exact exposition before, during and after it.
+func TestCollectorExposition(t *testing.T) {
+	m := New(BuildInfo{Version: "v1.2.3", KopiaVersion: "v0.22.3"})
+
+	m.SetRepositories([]string{"a"})
+
+	compare(t, m, fmt.Sprintf(header, runtime.Version(), 0)+
+		helpRepositories+"kopia_maintenance_repositories 1\n"+
+		helpRuns+emptyRepo("a")+
+		helpDuration+emptyHistogram("a", "full")+emptyHistogram("a", "quick")+
+		helpInProgress+`kopia_maintenance_in_progress{cycle="full",repository="a"} 0
+kopia_maintenance_in_progress{cycle="quick",repository="a"} 0
+`+helpDeleted+`kopia_maintenance_blobs_deleted_total{repository="a"} 0
+`+helpBytes+`kopia_maintenance_bytes_deleted_total{repository="a"} 0
+`+helpContents+`kopia_maintenance_contents_gc_total{repository="a"} 0
+`)
+
+	m.ConfigReloaded(true, t0)
+	m.NextRun("a", "full", t0)
+	m.RunStarted("a", "full", t0)
+	m.TaskStarted("a", "snapshot-gc")
+	m.Progress("a", Progress{ContentsScanned: 50})
+	m.TaskFinished("a", Task{Name: "snapshot-gc", Start: t0, End: t0.Add(2 * time.Second), Success: true, ContentsGC: 7})
+	m.Progress("a", Progress{Task: "full-delete-blobs", BlobsDeleted: 2, BytesDeleted: 100, ContentsScanned: 50})
+
+	live := `
+# HELP kopia_maintenance_current_task The kopia task the run in flight is running now (value 1); no series between tasks and between runs.
+# TYPE kopia_maintenance_current_task gauge
+kopia_maintenance_current_task{repository="a",task="full-delete-blobs"} 1
+# HELP kopia_maintenance_task_progress_blobs_deleted Blobs deleted so far by the run in flight.
+# TYPE kopia_maintenance_task_progress_blobs_deleted gauge
+kopia_maintenance_task_progress_blobs_deleted{repository="a"} 2
+# HELP kopia_maintenance_task_progress_bytes_deleted Bytes deleted so far by the run in flight.
+# TYPE kopia_maintenance_task_progress_bytes_deleted gauge
+kopia_maintenance_task_progress_bytes_deleted{repository="a"} 100
+# HELP kopia_maintenance_task_progress_contents_scanned Contents scanned so far by the run in flight.
+# TYPE kopia_maintenance_task_progress_contents_scanned gauge
+kopia_maintenance_task_progress_contents_scanned{repository="a"} 50
+# HELP kopia_maintenance_in_progress 1 while a run of the cycle is in flight.
+# TYPE kopia_maintenance_in_progress gauge
+kopia_maintenance_in_progress{cycle="full",repository="a"} 1
+kopia_maintenance_in_progress{cycle="quick",repository="a"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(live),
+		"kopia_maintenance_current_task", "kopia_maintenance_task_progress_blobs_deleted",
+		"kopia_maintenance_task_progress_bytes_deleted", "kopia_maintenance_task_progress_contents_scanned",
+		"kopia_maintenance_in_progress"); err != nil {
+		t.Fatal(err)
+	}
+
+	m.TaskFinished("a", Task{Name: "full-delete-blobs", Start: t0.Add(2 * time.Second), End: t0.Add(5 * time.Second), Success: true, BlobsDeleted: 3, BytesDeleted: 3000})
+	m.TaskFinished("a", Task{Name: "cleanup-logs", Start: t0.Add(5 * time.Second), End: t0.Add(6 * time.Second), Success: false, BlobsDeleted: 1, BytesDeleted: 10})
+	m.Health("a", Health{IndexBlobs: 12, SessionMarkers: 1, SizeBytes: map[string]int64{"p": 1000, "q": 200, "index": 30, "other": 4, "kopia.repository": 1}})
+	m.Reclaim("a", Reclaim{UnreferencedBytes: 5000, RetainedBytes: 4000, EligibleAt: t0.Add(24 * time.Hour)})
+	m.Owner("a", "maintd@e2e", true)
+	m.OwnershipChanged("a", "stale")
+	m.RunFinished("a", "full", "failure", t0, t0.Add(10*time.Second))
+	m.NextRun("a", "full", t0.Add(time.Minute))
+	m.NextRun("a", "quick", t0.Add(time.Hour))
+
+	histFull := strings.NewReplacer(
+		`le="15"} 0`, `le="15"} 1`, `le="30"} 0`, `le="30"} 1`, `le="60"} 0`, `le="60"} 1`,
+		`le="120"} 0`, `le="120"} 1`, `le="300"} 0`, `le="300"} 1`, `le="600"} 0`, `le="600"} 1`,
+		`le="1200"} 0`, `le="1200"} 1`, `le="1800"} 0`, `le="1800"} 1`, `le="3600"} 0`, `le="3600"} 1`,
+		`le="7200"} 0`, `le="7200"} 1`, `le="14400"} 0`, `le="14400"} 1`, `le="28800"} 0`, `le="28800"} 1`,
+		`le="+Inf"} 0`, `le="+Inf"} 1`, `_sum{cycle="full",repository="a"} 0`, `_sum{cycle="full",repository="a"} 10`,
+		`_count{cycle="full",repository="a"} 0`, `_count{cycle="full",repository="a"} 1`,
+	).Replace(emptyHistogram("a", "full"))
+
+	compare(t, m, fmt.Sprintf(header, runtime.Version(), 1)+`
+# HELP kopia_maintenance_config_last_reload_success_timestamp_seconds Unix time of the last successful load of the configuration file.
+# TYPE kopia_maintenance_config_last_reload_success_timestamp_seconds gauge
+kopia_maintenance_config_last_reload_success_timestamp_seconds 1.7e+09
+`+helpRepositories+"kopia_maintenance_repositories 1\n"+
+		helpRuns+strings.Replace(emptyRepo("a"), `cycle="full",repository="a",result="failure"} 0`, `cycle="full",repository="a",result="failure"} 1`, 1)+
+		helpDuration+histFull+emptyHistogram("a", "quick")+
+		helpInProgress+`kopia_maintenance_in_progress{cycle="full",repository="a"} 0
+kopia_maintenance_in_progress{cycle="quick",repository="a"} 0
+# HELP kopia_maintenance_last_run_timestamp_seconds Unix time the last run of the cycle finished, whatever its result.
+# TYPE kopia_maintenance_last_run_timestamp_seconds gauge
+kopia_maintenance_last_run_timestamp_seconds{cycle="full",repository="a"} 1.70000001e+09
+# HELP kopia_maintenance_next_run_timestamp_seconds Unix time the next run of the cycle is due.
+# TYPE kopia_maintenance_next_run_timestamp_seconds gauge
+kopia_maintenance_next_run_timestamp_seconds{cycle="full",repository="a"} 1.70000006e+09
+kopia_maintenance_next_run_timestamp_seconds{cycle="quick",repository="a"} 1.7000036e+09
+# HELP kopia_maintenance_task_duration_seconds Duration of the last run of the kopia maintenance task.
+# TYPE kopia_maintenance_task_duration_seconds gauge
+kopia_maintenance_task_duration_seconds{repository="a",task="cleanup-logs"} 1
+kopia_maintenance_task_duration_seconds{repository="a",task="full-delete-blobs"} 3
+kopia_maintenance_task_duration_seconds{repository="a",task="snapshot-gc"} 2
+# HELP kopia_maintenance_task_last_success_timestamp_seconds Unix time the last successful run of the kopia maintenance task finished.
+# TYPE kopia_maintenance_task_last_success_timestamp_seconds gauge
+kopia_maintenance_task_last_success_timestamp_seconds{repository="a",task="full-delete-blobs"} 1.700000005e+09
+kopia_maintenance_task_last_success_timestamp_seconds{repository="a",task="snapshot-gc"} 1.700000002e+09
+# HELP kopia_maintenance_task_runs_total Runs of the kopia maintenance task by result (success, failure).
+# TYPE kopia_maintenance_task_runs_total counter
+kopia_maintenance_task_runs_total{repository="a",result="failure",task="cleanup-logs"} 1
+kopia_maintenance_task_runs_total{repository="a",result="success",task="full-delete-blobs"} 1
+kopia_maintenance_task_runs_total{repository="a",result="success",task="snapshot-gc"} 1
+`+helpDeleted+`kopia_maintenance_blobs_deleted_total{repository="a"} 4
+`+helpBytes+`kopia_maintenance_bytes_deleted_total{repository="a"} 3010
+`+helpContents+`kopia_maintenance_contents_gc_total{repository="a"} 7
+# HELP kopia_maintenance_unreferenced_bytes Bytes found unreferenced by the last full cycle's snapshot garbage collection.
+# TYPE kopia_maintenance_unreferenced_bytes gauge
+kopia_maintenance_unreferenced_bytes{repository="a"} 5000
+# HELP kopia_maintenance_retained_bytes Unreferenced bytes still in storage, held by SafetyFull's safety margins.
+# TYPE kopia_maintenance_retained_bytes gauge
+kopia_maintenance_retained_bytes{repository="a"} 4000
+# HELP kopia_maintenance_reclaim_eligible_timestamp_seconds Earliest Unix time the retained bytes may be deleted.
+# TYPE kopia_maintenance_reclaim_eligible_timestamp_seconds gauge
+kopia_maintenance_reclaim_eligible_timestamp_seconds{repository="a"} 1.7000864e+09
+# HELP kopia_maintenance_index_blobs Index blobs in storage (epoch and legacy); many of them make maintenance slow and memory hungry.
+# TYPE kopia_maintenance_index_blobs gauge
+kopia_maintenance_index_blobs{repository="a"} 12
+# HELP kopia_maintenance_session_markers Session marker blobs in storage.
+# TYPE kopia_maintenance_session_markers gauge
+kopia_maintenance_session_markers{repository="a"} 1
+# HELP kopia_maintenance_repository_size_bytes Stored bytes by blob class (p, q, index, other).
+# TYPE kopia_maintenance_repository_size_bytes gauge
+kopia_maintenance_repository_size_bytes{class="index",repository="a"} 30
+kopia_maintenance_repository_size_bytes{class="other",repository="a"} 5
+kopia_maintenance_repository_size_bytes{class="p",repository="a"} 1000
+kopia_maintenance_repository_size_bytes{class="q",repository="a"} 200
+# HELP kopia_maintenance_owner_info The repository's maintenance owner ("" when unowned) and whether it is this daemon; the value is always 1.
+# TYPE kopia_maintenance_owner_info gauge
+kopia_maintenance_owner_info{is_self="true",owner="maintd@e2e",repository="a"} 1
+# HELP kopia_maintenance_ownership_changes_total Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external).
+# TYPE kopia_maintenance_ownership_changes_total counter
+kopia_maintenance_ownership_changes_total{reason="stale",repository="a"} 1
+`)
+}
+
+// TestLiveSeriesOnlyWhileInFlight checks that the progress series appear
+// with RunStarted, follow the tasks, and vanish with RunFinished, and that
+// progress reported outside a run is dropped.
+func TestLiveSeriesOnlyWhileInFlight(t *testing.T) {
+	m := New(BuildInfo{})
+	live := []string{
+		"kopia_maintenance_current_task", "kopia_maintenance_task_progress_blobs_deleted",
+		"kopia_maintenance_task_progress_bytes_deleted", "kopia_maintenance_task_progress_contents_scanned",
+	}
+	count := func() int {
+		t.Helper()
+
+		n, err := testutil.GatherAndCount(m.Registry(), live...)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		return n
+	}
+
+	m.TaskStarted("a", "snapshot-gc")
+	m.Progress("a", Progress{Task: "snapshot-gc", BlobsDeleted: 1})
+
+	if n := count(); n != 0 {
+		t.Fatalf("progress outside a run made %d series", n)
+	}
+
+	m.RunStarted("a", "quick", t0)
+
+	if n := count(); n != 3 {
+		t.Fatalf("run started, no task yet: %d live series, want the 3 progress gauges", n)
+	}
+
+	m.TaskStarted("a", "cleanup-logs")
+
+	if n := count(); n != 4 {
+		t.Fatalf("task running: %d live series, want 4", n)
+	}
+
+	m.TaskStarted("a", "advance-epoch")
+
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(`
+# HELP kopia_maintenance_current_task The kopia task the run in flight is running now (value 1); no series between tasks and between runs.
+# TYPE kopia_maintenance_current_task gauge
+kopia_maintenance_current_task{repository="a",task="advance-epoch"} 1
+`), "kopia_maintenance_current_task"); err != nil {
+		t.Fatalf("current_task is not one-hot: %v", err)
+	}
+
+	m.TaskFinished("a", Task{Name: "advance-epoch", Start: t0, End: t0, Success: true})
+
+	if n := count(); n != 3 {
+		t.Fatalf("between tasks: %d live series, want 3", n)
+	}
+
+	m.RunFinished("a", "quick", "cancelled", t0, t0.Add(time.Second))
+
+	if n := count(); n != 0 {
+		t.Fatalf("after RunFinished: %d live series remain", n)
+	}
+}
+
+// TestSetRepositoriesDropsSeries removes a repository with series of every
+// kind and checks that none remain, also after late events about it.
+func TestSetRepositoriesDropsSeries(t *testing.T) {
+	m := New(BuildInfo{})
+	m.SetRepositories([]string{"a", "b"})
+
+	for _, r := range []string{"a", "b"} {
+		m.RunStarted(r, "full", t0)
+		m.TaskStarted(r, "snapshot-gc")
+		m.TaskFinished(r, Task{Name: "snapshot-gc", Start: t0, End: t0, Success: true, ContentsGC: 1})
+		m.Health(r, Health{IndexBlobs: 1, SizeBytes: map[string]int64{"p": 1}})
+		m.Reclaim(r, Reclaim{RetainedBytes: 1, EligibleAt: t0})
+		m.Owner(r, "x@y", false)
+		m.OwnershipChanged(r, "external")
+		m.NextRun(r, "quick", t0)
+	}
+
+	m.RunStarted("b", "quick", t0)
+	m.SetRepositories([]string{"a", "c"})
+
+	// b's run in flight finishes after the reload: it must not come back.
+	m.RunFinished("b", "quick", "success", t0, t0)
+	m.NextRun("b", "quick", t0)
+	m.TaskFinished("b", Task{Name: "cleanup-logs", Success: true})
+	m.Owner("b", "x@y", false)
+
+	mfs, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	seen := map[string]bool{}
 
-	go func() { done <- s.Run(ctx) }()
-
-	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + s.Addr() + path)
-		if err != nil {
-			t.Fatal(err)
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "repository" {
+					seen[l.GetValue()] = true
+					if l.GetValue() == "b" {
+						t.Errorf("removed repository b still has %s", mf.GetName())
+					}
+				}
+			}
 		}
-		defer resp.Body.Close()
-
-		b, _ := io.ReadAll(resp.Body)
-
-		return resp.StatusCode, string(b)
 	}
 
-	if code, _ := get("/healthz"); code != http.StatusOK {
-		t.Fatalf("/healthz = %d", code)
+	if !seen["a"] || !seen["c"] {
+		t.Errorf("repositories with series = %v, want a and c", seen)
 	}
 
-	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "scheduler not started") {
-		t.Fatalf("/readyz before ready = %d %q", code, body)
+	// a kept its counters across the reload.
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(helpContents+`kopia_maintenance_contents_gc_total{repository="a"} 1
+kopia_maintenance_contents_gc_total{repository="c"} 0
+`+helpRepositories+`kopia_maintenance_repositories 2
+`), "kopia_maintenance_contents_gc_total", "kopia_maintenance_repositories"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCollectorLint(t *testing.T) {
+	m := New(BuildInfo{Version: "v1", KopiaVersion: "v0.22.3"})
+	m.SetRepositories([]string{"a"})
+	m.ConfigReloaded(true, t0)
+	m.RunStarted("a", "full", t0)
+	m.TaskStarted("a", "snapshot-gc")
+	m.TaskFinished("a", Task{Name: "snapshot-gc", Start: t0, End: t0, Success: true})
+	m.Health("a", Health{SizeBytes: map[string]int64{"p": 1}})
+	m.Reclaim("a", Reclaim{RetainedBytes: 1, EligibleAt: t0})
+	m.Owner("a", "", false)
+	m.OwnershipChanged("a", "unowned")
+
+	problems, err := testutil.GatherAndLint(m.Registry())
+	if err != nil {
+		t.Fatal(err)
 	}
 
-	ready = nil
-
-	if code, _ := get("/readyz"); code != http.StatusOK {
-		t.Fatalf("/readyz when ready = %d", code)
-	}
-
-	code, body := get("/metrics")
-	if code != http.StatusOK || !strings.Contains(body, `kopia_maintenance_build_info{goversion="go`) || !strings.Contains(body, `kopia="v0.22.3"`) {
-		t.Fatalf("/metrics = %d, build_info missing:\n%s", code, body)
-	}
-
-	cancel()
-
-	if err := <-done; err != nil {
-		t.Fatalf("server run: %v", err)
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
 }

@@ -5,7 +5,7 @@
 # Safe to run repeatedly: a cached binary is reused.
 #
 # Usage: scripts/install-tools.sh [minio] [kopia] [staticcheck] [prometheus]
-# Without arguments it installs the default set (minio kopia staticcheck).
+# Without arguments it installs the default set (minio kopia staticcheck prometheus).
 # Tests find the tools in $KOPIA_MAINTD_TOOLS, default $cache/tools/bin.
 set -euo pipefail
 
@@ -57,7 +57,7 @@ install_staticcheck() {
 
 # install_prometheus installs Prometheus and promtool from Debian (2.42 on
 # bookworm; the packaged services are not started) and links them into $bin.
-# Not in the default set yet: the metrics integration tests will need it.
+# The end-to-end tests lint the daemon's /metrics with promtool.
 install_prometheus() {
   if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     log "installing prometheus from Debian packages"
@@ -70,6 +70,19 @@ install_prometheus() {
   ln -sf "$(command -v promtool)" "$bin/promtool"
 }
 
-what=${*:-minio kopia staticcheck}
+# install_toxiproxy builds the toxiproxy server, which the tests put between
+# the daemon and MinIO to slow the network down or cut it.
+install_toxiproxy() {
+  local v=v2.12.0 dest="$bin/toxiproxy-server-v2.12.0"
+  if [ ! -x "$dest" ]; then
+    log "building toxiproxy $v"
+    local tmp; tmp=$(mktemp -d)
+    GOBIN="$tmp" GOFLAGS="-mod=mod -buildvcs=false" go install "github.com/Shopify/toxiproxy/v2/cmd/server@$v"
+    mv "$tmp/server" "$dest"; rm -rf "$tmp"
+  fi
+  ln -sf "$dest" "$bin/toxiproxy-server"
+}
+
+what=${*:-minio kopia staticcheck prometheus toxiproxy}
 for t in $what; do "install_$t"; done
 log "tools in $bin"

@@ -30,31 +30,61 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.DebugLevel)
+	// SIGHUP's default action ends the process; take it over before the
+	// slow start-up so an early reload request cannot kill the daemon.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+
+	log, level, err := newLogger(cfg.Log, stderr, zapcore.DebugLevel)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
 
+	mgr, err := newManager(cfg, log.Named("repository"))
+	if err != nil {
+		return err
+	}
+
 	met := metrics.New(metrics.BuildInfo{Version: version, KopiaVersion: kopiaVersion()})
+	met.SetRepositories(names(cfg))
+	met.ConfigReloaded(true, time.Now())
 
 	sched, err := scheduler.New(scheduler.Options{
 		Logger:      log.Named("scheduler"),
 		Concurrency: cfg.Concurrency,
-		Maintainer:  maintainer{m: mgr},
+		Maintainer:  maintainer{m: mgr, met: met, self: cfg.Identity.String(), owners: &owners{}},
 		Recorder:    met,
 	}, schedules(cfg))
 	if err != nil {
 		return err
 	}
 
-	srv, err := metrics.NewServer(cfg.Server.ListenAddress, met, func() error {
-		if !sched.Started() {
-			return errors.New("scheduler not running")
-		}
+	rl := &reloader{
+		path: *cfgPath, log: log.Named("config"), level: level,
+		mgr: mgr, sched: sched, met: met, now: time.Now, cfg: cfg,
+	}
 
-		return nil
-	}, log.Named("http"))
+	srv, err := metrics.NewServer(met, metrics.ServerOptions{
+		ListenAddress: cfg.Server.ListenAddress,
+		ProbeAddress:  cfg.Server.ProbeAddress,
+		WebConfigFile: cfg.Server.WebConfigFile,
+		Ready: func() error {
+			if !sched.Started() {
+				return errors.New("scheduler not running")
+			}
+
+			return nil
+		},
+		Reload: func(ctx context.Context) error { return rl.reload(ctx, "http") },
+		Logger: log.Named("http"),
+	})
 	if err != nil {
 		return err
 	}
@@ -65,7 +95,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	log.Info("kopia-maintd starting",
 		zap.String("version", version), zap.String("kopia", kopiaVersion()),
 		zap.String("identity", cfg.Identity.String()), zap.Int("repositories", len(cfg.Repositories)),
-		zap.String("listen_address", srv.Addr()), zap.Int("pid", os.Getpid()))
+		zap.String("listen_address", srv.Addr()), zap.String("probe_address", srv.ProbeAddr()),
+		zap.Bool("web_config", cfg.Server.WebConfigFile != ""), zap.Int("pid", os.Getpid()))
 
 	var wg sync.WaitGroup
 
@@ -73,6 +104,16 @@ func cmdRun(args []string, stderr io.Writer) error {
 	srvErr := make(chan error, 1)
 
 	wg.Go(func() { srvErr <- srv.Run(srvCtx) })
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = rl.reload(ctx, "SIGHUP") // logged by reload
+			}
+		}
+	})
 
 	schedErr := sched.Run(ctx)
 

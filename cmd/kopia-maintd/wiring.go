@@ -15,6 +15,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
 )
@@ -52,16 +53,15 @@ func loadConfig(path string) (*config.Config, error) {
 }
 
 // newLogger builds the zap logger the configuration asks for. minLevel raises
-// the level for short commands whose output is on stdout.
-func newLogger(c config.Log, stderr io.Writer, minLevel zapcore.Level) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
+// the level for short commands whose output is on stdout. The returned level
+// changes the logger's level later (a reload of log.level).
+func newLogger(c config.Log, stderr io.Writer, minLevel zapcore.Level) (*zap.Logger, zap.AtomicLevel, error) {
+	level, err := logLevel(c, minLevel)
 	if err != nil {
-		return nil, fmt.Errorf("log level: %w", err)
+		return nil, zap.AtomicLevel{}, err
 	}
 
-	if level < minLevel {
-		level = minLevel
-	}
+	atomic := zap.NewAtomicLevelAt(level)
 
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -74,7 +74,17 @@ func newLogger(c config.Log, stderr io.Writer, minLevel zapcore.Level) (*zap.Log
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
 
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), level)), nil
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), atomic)), atomic, nil
+}
+
+// logLevel is the configured level, raised to at least minLevel.
+func logLevel(c config.Log, minLevel zapcore.Level) (zapcore.Level, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return level, fmt.Errorf("log level: %w", err)
+	}
+
+	return max(level, minLevel), nil
 }
 
 // specs turns the configuration's repositories into repository specs.
@@ -146,7 +156,7 @@ func setup(cfgPath string, stderr io.Writer, minLevel zapcore.Level) (*config.Co
 		return nil, nil, nil, err
 	}
 
-	log, err := newLogger(cfg.Log, stderr, minLevel)
+	log, _, err := newLogger(cfg.Log, stderr, minLevel)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -201,19 +211,30 @@ func runRequest(r config.Repository, cycle repository.Cycle, now time.Time) (rep
 	}, nil
 }
 
-// maintainer adapts the repository manager to the scheduler.
+// maintainer adapts the repository manager to the scheduler and exports
+// what each run reports.
 type maintainer struct {
-	m *repository.Manager
+	m   *repository.Manager
+	met *metrics.Metrics
+	// self is this daemon's identity, user@host, to tell owner_info whether
+	// the owner is us.
+	self   string
+	owners *owners
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
-	_, err := a.m.Run(ctx, job.Repository, repository.RunRequest{
+	obs := &runObserver{met: a.met, repository: job.Repository}
+
+	report, err := a.m.Run(ctx, job.Repository, repository.RunRequest{
 		Cycle:         repository.Cycle(job.Cycle),
 		NextQuick:     job.NextQuick,
 		NextFull:      job.NextFull,
 		QuickInterval: job.QuickInterval,
 		FullInterval:  job.FullInterval,
+		Observer:      obs,
 	})
+
+	observeReport(a.met, a.owners, a.self, job.Repository, report, err)
 
 	return err
 }
