@@ -78,6 +78,13 @@ func loadManifests(t *testing.T, dir string) map[string]*manifest {
 	return out
 }
 
+// alternatives are files that no kustomization lists but whose kustomization
+// explains, in a comment, how to use them instead of a file it does list. They
+// are checked as that file is.
+var alternatives = map[string]string{
+	"monitoring/podmonitor.yaml": "monitoring/servicemonitor.yaml",
+}
+
 func deployDir(t *testing.T) string {
 	return filepath.Join(harness.RepoRoot(t), "deploy")
 }
@@ -101,6 +108,13 @@ func TestKustomizations(t *testing.T) {
 	for _, want := range []string{"base/kustomization.yaml", "overlays/velero/kustomization.yaml", "overlays/sidecar/kustomization.yaml"} {
 		if !slices.Contains(kustomizations, want) {
 			t.Errorf("missing %s (have %v)", want, kustomizations)
+		}
+	}
+	for alt, of := range alternatives {
+		if use, ok := referenced[of]; ok {
+			if _, listed := referenced[alt]; !listed {
+				referenced[alt] = use
+			}
 		}
 	}
 	for rel, m := range manifests {
