@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Prometheus is a running Prometheus server (Debian's package) scraping the
@@ -115,4 +116,40 @@ func (p *Prometheus) Query(t testing.TB, query string) []Sample {
 	}
 
 	return out
+}
+
+// Series returns the label sets of every series matching selector that had
+// a sample in the last window.
+func (p *Prometheus) Series(t testing.TB, selector string, window time.Duration) []map[string]string {
+	t.Helper()
+
+	now := time.Now()
+	q := url.Values{
+		"match[]": {selector},
+		"start":   {strconv.FormatInt(now.Add(-window).Unix(), 10)},
+		// Seconds truncate: an end of now would miss the newest samples.
+		"end": {strconv.FormatInt(now.Add(time.Minute).Unix(), 10)},
+	}
+
+	resp, err := http.Get(p.URL + "/api/v1/series?" + q.Encode())
+	if err != nil {
+		t.Fatalf("series %s: %v", selector, err)
+	}
+	defer resp.Body.Close()
+
+	var body struct {
+		Status string              `json:"status"`
+		Error  string              `json:"error"`
+		Data   []map[string]string `json:"data"`
+	}
+
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("series %s: decode: %v", selector, err)
+	}
+
+	if body.Status != "success" {
+		t.Fatalf("series %s: %s", selector, body.Error)
+	}
+
+	return body.Data
 }
