@@ -128,8 +128,16 @@ repositories:
 		t.Fatal("unreferenced_bytes of the deleted snapshot not scraped")
 	}
 
+	// Full cycles repeat every 5s: keep asking until `status` catches one
+	// in flight, if it has not yet.
+	for deadline := time.Now().Add(90 * time.Second); !sawRunning && time.Now().Before(deadline); {
+		if stdout, _, code := runCLI(t, "status", "--config", cfg, "--json"); code == 0 && runningInStatus.MatchString(stdout) {
+			sawRunning = true
+		}
+	}
+
 	if !sawRunning {
-		t.Error("status never showed the run in flight")
+		t.Error("status never showed a run in flight")
 	}
 
 	// Every metric of the contract that the alert rules and the dashboard
