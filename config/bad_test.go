@@ -62,6 +62,10 @@ func badConfigs() map[string][]string {
 		"jitter-negative.yaml": {
 			`defaults.schedule.jitter: must be >= 0, got "-5m"`,
 		},
+		"kubeconfig-unreadable.yaml": {
+			`kubernetes.context: unknown key`,
+			`kubernetes.kubeconfig: open {{testdata}}/no-such-kubeconfig: no such file or directory`,
+		},
 		"listen-address-port.yaml": {
 			`server.listenAddress: invalid listen address "localhost:http": port must be a number from 1 to 65535, got "http"`,
 		},
@@ -161,6 +165,51 @@ func badConfigs() map[string][]string {
 		"s3-one-key-file.yaml": {
 			`repositories[0].storage.s3.secretAccessKeyFile: required when accessKeyIDFile is set`,
 			`repositories[1].storage.s3.accessKeyIDFile: required when secretAccessKeyFile is set`,
+		},
+		"safety-none-duration-invalid.yaml": {
+			`safetyNone.quietPeriod: invalid duration "30 minutes" (want a Go duration such as 90s, 5m or 48h)`,
+			`safetyNone.scheduleMargin: invalid duration "2" (want a Go duration such as 90s, 5m or 48h)`,
+			`safetyNone.watchInterval: invalid duration "5sec" (want a Go duration such as 90s, 5m or 48h)`,
+		},
+		"safety-none-duration-range.yaml": {
+			`safetyNone.quietPeriod: must be > 0, got "0s"`,
+			`safetyNone.scheduleMargin: must be >= 0, got "-1h"`,
+			`safetyNone.watchInterval: must be > 0, got "-5s"`,
+		},
+		"safety-none-names.yaml": {
+			`safetyNone.veleroNamespaces[1]: invalid namespace name "Openshift_ADP" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
+			`safetyNone.veleroNamespaces[2]: duplicate namespace "velero"`,
+			`safetyNone.veleroNamespaces[3]: invalid namespace name "-velero" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
+			`safetyNone.veleroNamespaces[4]: invalid namespace name "a-namespace-name-that-is-longer-than-the-sixty-three-characters-ok" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
+			`safetyNone.ignorePods[1]: invalid pod name "" (must be a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit)`,
+			`safetyNone.ignorePods[2]: invalid pod name "kopia maintd" (must be a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit)`,
+		},
+		"safety-none-namespaces-empty.yaml": {
+			`safetyNone.veleroNamespaces: at least one namespace is required`,
+		},
+		"safety-none-repository-allow.yaml": {
+			`repositories[1].safetyNone.allow: only false (opt out) may be set per repository; safety=none is allowed by the top-level safetyNone.allow`,
+		},
+		"safety-none-type-mismatch.yaml": {
+			`safetyNone.allow: expected a boolean (true or false), got "yes"`,
+			`safetyNone.veleroNamespaces: expected a sequence, got a string`,
+			`safetyNone.windows: expected a sequence, got a mapping`,
+			`repositories[0].safetyNone: expected a mapping, got a boolean`,
+		},
+		"safety-none-unknown-key.yaml": {
+			`safetyNone.quietperiod: unknown key`,
+			`safetyNone.windows[0].repository: unknown key`,
+			`repositories[0].safetyNone.quietPeriod: unknown key (only allow may be set per repository; the other safetyNone keys are global)`,
+		},
+		"safety-none-window-cron.yaml": {
+			`safetyNone.windows[1].schedule: invalid cron spec "0 4 * * sunday": failed to parse int from sunday: strconv.Atoi: parsing "sunday": invalid syntax`,
+			`safetyNone.windows[2].schedule: required`,
+			`safetyNone.windows[3].schedule: invalid cron spec "CRON_TZ=UTC": missing schedule after time zone`,
+		},
+		"safety-none-window-repository.yaml": {
+			`safetyNone.windows[0].repositories[1]: unknown repository "remote" (not in repositories)`,
+			`safetyNone.windows[0].repositories[2]: duplicate repository "local"`,
+			`safetyNone.windows[1].repositories[0]: unknown repository "Local" (not in repositories)`,
 		},
 		"stale-after-not-positive.yaml": {
 			`defaults.ownership.staleAfter: must be > 0, got "0s"`,

@@ -2,8 +2,9 @@
 //
 // Load and Parse decode the YAML file, reject unknown keys, apply defaults,
 // resolve relative paths against the file's directory, merge the
-// per-repository schedule and ownership overrides over the defaults, and
-// validate everything. An invalid file yields an *Error that lists every
+// per-repository schedule and ownership overrides over the defaults, resolve
+// each repository's safety=none permission and windows, and validate
+// everything. An invalid file yields an *Error that lists every
 // problem with its field path; a valid one yields a fully resolved *Config
 // whose values callers can use as they are. Secrets (passwords, S3 keys) are
 // never held in a Config: it holds where to find them, and Repository.Password
@@ -34,6 +35,11 @@ const (
 	DefaultTakeover       = TakeoverStale
 	DefaultStaleAfter     = 48 * time.Hour
 	DefaultS3Endpoint     = "s3.amazonaws.com"
+
+	DefaultVeleroNamespace = "velero"
+	DefaultQuietPeriod     = 30 * time.Minute
+	DefaultScheduleMargin  = 2 * time.Hour
+	DefaultWatchInterval   = 5 * time.Second
 )
 
 // Config is a validated, fully resolved configuration.
@@ -48,6 +54,10 @@ type Config struct {
 	Server Server
 	// Log configures logging.
 	Log Log
+	// Kubernetes says how to reach the Kubernetes API.
+	Kubernetes Kubernetes
+	// SafetyNone configures the gate of safety=none full cycles.
+	SafetyNone SafetyNone
 	// Defaults holds the resolved defaults. Callers should not need it:
 	// every Repository already has them merged in.
 	Defaults Defaults
@@ -161,6 +171,14 @@ type Repository struct {
 	Schedule Schedule
 	// Ownership is resolved: the defaults with this repository's overrides.
 	Ownership Ownership
+	// SafetyNoneAllowed is resolved: SafetyNone.Allow, unless this
+	// repository opts out with safetyNone.allow: false.
+	SafetyNoneAllowed bool
+	// UnsafeWindows is resolved: the cron specs of the SafetyNone.Windows
+	// that apply to this repository, in file order. It is empty when
+	// SafetyNoneAllowed is false, so a window never schedules a cycle on a
+	// repository where safety=none is not allowed.
+	UnsafeWindows []string
 }
 
 // Storage is a storage backend. Exactly one field is non-nil.

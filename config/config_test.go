@@ -47,7 +47,13 @@ repositories:
 		Concurrency:    1,
 		Server:         Server{ListenAddress: "127.0.0.1:9810"},
 		Log:            Log{Level: "info", Format: "json"},
-		Defaults:       defaults,
+		SafetyNone: SafetyNone{
+			VeleroNamespaces: []string{"velero"},
+			QuietPeriod:      30 * time.Minute,
+			ScheduleMargin:   2 * time.Hour,
+			WatchInterval:    5 * time.Second,
+		},
+		Defaults: defaults,
 		Repositories: []Repository{{
 			Name:         "local",
 			Storage:      Storage{Filesystem: &Filesystem{Path: "/data/kopia"}},

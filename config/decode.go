@@ -24,6 +24,8 @@ type rawConfig struct {
 	Concurrency    *int            `yaml:"concurrency"`
 	Server         rawServer       `yaml:"server"`
 	Log            rawLog          `yaml:"log"`
+	Kubernetes     rawKubernetes   `yaml:"kubernetes"`
+	SafetyNone     rawSafetyNone   `yaml:"safetyNone"`
 	Defaults       rawDefaults     `yaml:"defaults"`
 	Repositories   []rawRepository `yaml:"repositories"`
 }
@@ -44,6 +46,42 @@ type rawLog struct {
 	Format *string `yaml:"format"`
 }
 
+type rawKubernetes struct {
+	Kubeconfig *string `yaml:"kubeconfig"`
+}
+
+// rawSafetyNone leaves its lists as plain slices: nil when the key is absent
+// or null (take the default), non-nil when a sequence was given, even [].
+type rawSafetyNone struct {
+	Allow            *bool       `yaml:"allow"`
+	VeleroNamespaces []string    `yaml:"veleroNamespaces"`
+	IgnorePods       []string    `yaml:"ignorePods"`
+	QuietPeriod      *string     `yaml:"quietPeriod"`
+	ScheduleMargin   *string     `yaml:"scheduleMargin"`
+	WatchInterval    *string     `yaml:"watchInterval"`
+	Windows          []rawWindow `yaml:"windows"`
+}
+
+type rawWindow struct {
+	Schedule     *string  `yaml:"schedule"`
+	Repositories []string `yaml:"repositories"`
+}
+
+// rawRepositorySafetyNone is the per-repository opt-out: only allow.
+type rawRepositorySafetyNone struct {
+	Allow *bool `yaml:"allow"`
+}
+
+func (*rawRepositorySafetyNone) unknownKeyHint() string {
+	return "only allow may be set per repository; the other safetyNone keys are global"
+}
+
+// unknownKeyHinter is implemented by raw types whose unknown keys deserve
+// more than "unknown key", e.g. a key that belongs elsewhere.
+type unknownKeyHinter interface {
+	unknownKeyHint() string
+}
+
 type rawDefaults struct {
 	Schedule  rawSchedule  `yaml:"schedule"`
 	Ownership rawOwnership `yaml:"ownership"`
@@ -62,13 +100,14 @@ type rawOwnership struct {
 }
 
 type rawRepository struct {
-	Name         *string      `yaml:"name"`
-	Create       *bool        `yaml:"create"`
-	Storage      rawStorage   `yaml:"storage"`
-	PasswordFile *string      `yaml:"passwordFile"`
-	PasswordEnv  *string      `yaml:"passwordEnv"`
-	Schedule     rawSchedule  `yaml:"schedule"`
-	Ownership    rawOwnership `yaml:"ownership"`
+	Name         *string                 `yaml:"name"`
+	Create       *bool                   `yaml:"create"`
+	Storage      rawStorage              `yaml:"storage"`
+	PasswordFile *string                 `yaml:"passwordFile"`
+	PasswordEnv  *string                 `yaml:"passwordEnv"`
+	Schedule     rawSchedule             `yaml:"schedule"`
+	Ownership    rawOwnership            `yaml:"ownership"`
+	SafetyNone   rawRepositorySafetyNone `yaml:"safetyNone"`
 }
 
 type rawStorage struct {
@@ -273,7 +312,11 @@ func decodeMapping(n *yaml.Node, v reflect.Value, path string, p *problems) {
 		}
 		idx, ok := fields[key.Value]
 		if !ok {
-			p.add(keyPath, "unknown key")
+			if h, ok := v.Addr().Interface().(unknownKeyHinter); ok {
+				p.add(keyPath, "unknown key (%s)", h.unknownKeyHint())
+			} else {
+				p.add(keyPath, "unknown key")
+			}
 			continue
 		}
 		if seen[key.Value] {

@@ -17,6 +17,7 @@ func TestExampleConfigs(t *testing.T) {
 	for _, name := range []string{
 		"KOPIA_PASSWORD",
 		"MULTI_NAS_PASSWORD", "MULTI_SHARED_PASSWORD", "MULTI_OFFSITE_PASSWORD", "MULTI_VELERO_PASSWORD",
+		"VELERO_REPO_PASSWORD",
 	} {
 		t.Setenv(name, "example-test-password")
 	}
@@ -71,5 +72,24 @@ func TestLocalExample(t *testing.T) {
 	}
 	if _, err := r.Password(); err != nil {
 		t.Errorf("Password(): %v", err)
+	}
+}
+
+// TestVeleroExample pins the safety=none settings that velero.yaml
+// documents: off by default, its window resolved only once allowed.
+func TestVeleroExample(t *testing.T) {
+	t.Setenv("VELERO_REPO_PASSWORD", "example-test-password")
+	cfg, err := Load(filepath.Join("..", "configs", "velero.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.SafetyNone
+	if s.Allow || cfg.Kubernetes.Kubeconfig != "" || len(s.Windows) != 1 || s.Windows[0].Schedule != "CRON_TZ=UTC 0 4 * * 0" {
+		t.Errorf("SafetyNone = %+v, Kubernetes = %+v", s, cfg.Kubernetes)
+	}
+	for _, r := range cfg.Repositories {
+		if r.SafetyNoneAllowed || len(r.UnsafeWindows) != 0 {
+			t.Errorf("%s: allowed %v, windows %q while safetyNone.allow is false", r.Name, r.SafetyNoneAllowed, r.UnsafeWindows)
+		}
 	}
 }

@@ -13,10 +13,18 @@ package config
 //   - server.listenAddress, server.probeAddress, server.webConfigFile: the
 //     listeners are bound once (exporter-toolkit reads the web config file
 //     again for every request, so edits to the file itself apply at once);
-//   - log.format: the log encoder is built once.
+//   - log.format: the log encoder is built once;
+//   - kubernetes.kubeconfig: the Kubernetes client (and the lease election
+//     that uses it) is built once; edits to the file itself are not
+//     watched either.
 //
 // Everything else (repositories added, removed or changed, schedules,
-// ownership policies, defaults, log.level) applies on reload.
+// ownership policies, defaults, log.level, every safetyNone key) applies on
+// reload. safetyNone is read afresh for every safety=none request, so
+// turning safetyNone.allow off, or opting a repository out, refuses the next
+// request and drops its windows at once. Whether a safety=none run already
+// in flight stops as well is the gate watcher's decision (its config
+// check), not this package's.
 func CheckReload(old, next *Config) error {
 	var p problems
 	changed := func(path, was, now string) {
@@ -33,6 +41,7 @@ func CheckReload(old, next *Config) error {
 	changed("server.probeAddress", old.Server.ProbeAddress, next.Server.ProbeAddress)
 	changed("server.webConfigFile", old.Server.WebConfigFile, next.Server.WebConfigFile)
 	changed("log.format", old.Log.Format, next.Log.Format)
+	changed("kubernetes.kubeconfig", old.Kubernetes.Kubeconfig, next.Kubernetes.Kubeconfig)
 	if len(p.list) > 0 {
 		return &Error{Problems: p.list}
 	}

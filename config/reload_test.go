@@ -4,6 +4,7 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestServerKeys(t *testing.T) {
@@ -52,6 +53,20 @@ func TestCheckReload(t *testing.T) {
 			c.Repositories = []Repository{{Name: "two", Schedule: Schedule{Quick: "@every 1m"}}}
 			c.Defaults.Ownership.Takeover = TakeoverAlways
 		}, ""},
+		{"safetyNone", func(c *Config) {
+			c.SafetyNone = SafetyNone{
+				Allow:            true,
+				VeleroNamespaces: []string{"openshift-adp"},
+				IgnorePods:       []string{"kopia-maintd-0"},
+				QuietPeriod:      time.Hour,
+				ScheduleMargin:   0,
+				WatchInterval:    time.Second,
+				Windows:          []Window{{Schedule: "0 4 * * 0"}},
+			}
+			c.Repositories = []Repository{{Name: "one", SafetyNoneAllowed: true, UnsafeWindows: []string{"0 4 * * 0"}}}
+		}, ""},
+		{"kubeconfig", func(c *Config) { c.Kubernetes.Kubeconfig = "/etc/kube/config" },
+			`kubernetes.kubeconfig: cannot be changed without a restart (was "", now "/etc/kube/config")`},
 		{"identity", func(c *Config) { c.Identity.Hostname = "b" },
 			`identity: cannot be changed without a restart (was "maintd@a", now "maintd@b")`},
 		{"everything restart-only", func(c *Config) {
@@ -59,12 +74,14 @@ func TestCheckReload(t *testing.T) {
 			c.Concurrency = 4
 			c.Server = Server{ListenAddress: ":9000", ProbeAddress: ":9001", WebConfigFile: "/etc/web.yml"}
 			c.Log.Format = "console"
+			c.Kubernetes.Kubeconfig = "/etc/kube/config"
 		}, `stateDirectory: cannot be changed without a restart (was "/var/lib/kopia-maintd", now "/srv/state")
 concurrency: cannot be changed without a restart (was 1, now 4)
 server.listenAddress: cannot be changed without a restart (was ":9810", now ":9000")
 server.probeAddress: cannot be changed without a restart (was "", now ":9001")
 server.webConfigFile: cannot be changed without a restart (was "", now "/etc/web.yml")
-log.format: cannot be changed without a restart (was "json", now "console")`},
+log.format: cannot be changed without a restart (was "json", now "console")
+kubernetes.kubeconfig: cannot be changed without a restart (was "", now "/etc/kube/config")`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			next := base()

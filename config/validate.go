@@ -98,6 +98,9 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 		}
 		cfg.Repositories = append(cfg.Repositories, r)
 	}
+	cfg.Kubernetes = resolveKubernetes(raw.Kubernetes, dir, p)
+	cfg.SafetyNone = resolveSafetyNone(raw.SafetyNone, cfg.Repositories, p)
+	applySafetyNone(cfg.SafetyNone, raw.Repositories, cfg.Repositories)
 	return cfg
 }
 
@@ -187,6 +190,7 @@ func resolveRepository(raw rawRepository, defaults Defaults, firstIndex map[stri
 	r.PasswordFile, r.PasswordEnv = resolvePassword(raw, dir, path, p)
 	r.Schedule = resolveSchedule(raw.Schedule, defaults.Schedule, path+".schedule", p)
 	r.Ownership = resolveOwnership(raw.Ownership, defaults.Ownership, path+".ownership", p)
+	checkRepositorySafetyNone(raw.SafetyNone, path, p)
 	return r
 }
 
