@@ -25,6 +25,8 @@ type descs struct {
 
 	ownerInfo, ownershipChanges *prometheus.Desc
 
+	unsafeRuns, gateChecks *prometheus.Desc
+
 	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
 }
 
@@ -67,6 +69,9 @@ func newDescs(info BuildInfo) *descs {
 		ownerInfo:        d("owner_info", "The repository's maintenance owner (\"\" when unowned) and whether it is this daemon; the value is always 1.", "repository", "owner", "is_self"),
 		ownershipChanges: d("ownership_changes_total", "Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external).", "repository", "reason"),
 
+		unsafeRuns: d("unsafe_runs_total", "Maintenance runs with safety=none, and refused requests for one, by result (success, failure, refused, cancelled).", "repository", "result"),
+		gateChecks: d("gate_checks_total", "Verdicts of the safety=none gate's checks by check and result (pass, refuse, absent), across all repositories.", "check", "result"),
+
 		buildInfo: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "build_info"),
 			"Build information of kopia-maintd; the value is always 1.", nil,
 			prometheus.Labels{"version": info.Version, "goversion": runtime.Version(), "kopia": info.KopiaVersion}),
@@ -93,6 +98,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.unreferenced, d.retained, d.eligible,
 		d.indexBlobs, d.sessionMarkers, d.size,
 		d.ownerInfo, d.ownershipChanges,
+		d.unsafeRuns, d.gateChecks,
 		d.buildInfo, d.reloadOK, d.reloadTimestamp, d.repositories,
 	} {
 		ch <- desc
@@ -133,6 +139,12 @@ func (c *collector) samples() []prometheus.Metric {
 	}
 
 	gauge(d.repositories, float64(len(m.repos)))
+
+	for _, check := range sortedKeys(m.gateChecks) {
+		for _, result := range sortedKeys(m.gateChecks[check]) {
+			counter(d.gateChecks, m.gateChecks[check][result], check, result)
+		}
+	}
 
 	for _, name := range sortedKeys(m.repos) {
 		st := m.repos[name]
@@ -218,6 +230,10 @@ func (c *collector) samples() []prometheus.Metric {
 
 		for _, reason := range sortedKeys(st.ownershipChanges) {
 			counter(d.ownershipChanges, st.ownershipChanges[reason], name, reason)
+		}
+
+		for _, result := range sortedKeys(st.unsafeRuns) {
+			counter(d.unsafeRuns, st.unsafeRuns[result], name, result)
 		}
 	}
 

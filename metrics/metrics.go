@@ -5,7 +5,8 @@
 // Metrics keeps one state record per repository, fed by the scheduler (the
 // Recorder methods RunStarted, RunFinished and NextRun), by the maintenance
 // runs (TaskStarted, Progress, TaskFinished, Health, Reclaim, Owner,
-// OwnershipChanged) and by the daemon (SetRepositories, ConfigReloaded). A
+// OwnershipChanged), by the safety=none gate (GateCheck, UnsafeRun) and by
+// the daemon (SetRepositories, ConfigReloaded). A
 // prometheus.Collector turns that state into samples at scrape time, so a
 // repository dropped by SetRepositories leaves no series behind and the live
 // progress series exist only while a run is in flight. There are no globals
@@ -43,6 +44,12 @@ var (
 	runResults = []string{"success", "failure", "skipped", "cancelled"}
 	// sizeClasses are the values of repository_size_bytes' class label.
 	sizeClasses = []string{"p", "q", "index", "other"}
+	// unsafeResults are the results of unsafe_runs_total, all exported
+	// from the start so that increase() sees the first one.
+	unsafeResults = []string{"success", "failure", "refused", "cancelled"}
+	// gateResults are the results of gate_checks_total (the gate's
+	// verdicts); a check's first count brings all of them at 0.
+	gateResults = []string{"pass", "refuse", "absent"}
 )
 
 // durationBuckets are run_duration_seconds' upper bounds, 1 s to 8 h: quick
@@ -120,6 +127,9 @@ type Metrics struct {
 	reloadOK bool
 	// reloadSuccess is when the configuration was last loaded successfully.
 	reloadSuccess time.Time
+	// gateChecks counts the gate's verdicts by check and result. It has no
+	// repository dimension and outlives SetRepositories.
+	gateChecks map[string]map[string]float64
 }
 
 type repoState struct {
@@ -136,6 +146,8 @@ type repoState struct {
 	owner   *ownerState
 
 	ownershipChanges map[string]float64
+	// unsafeRuns counts safety=none runs by result.
+	unsafeRuns map[string]float64
 }
 
 type cycleState struct {
@@ -170,9 +182,10 @@ type ownerState struct {
 // runtime collector and the process collector.
 func New(info BuildInfo) *Metrics {
 	m := &Metrics{
-		registry: prometheus.NewRegistry(),
-		info:     info,
-		repos:    map[string]*repoState{},
+		registry:   prometheus.NewRegistry(),
+		info:       info,
+		repos:      map[string]*repoState{},
+		gateChecks: map[string]map[string]float64{},
 	}
 
 	m.registry.MustRegister(&collector{m: m, d: newDescs(info)},
@@ -199,9 +212,14 @@ func (m *Metrics) repo(repository string) *repoState {
 		cycles:           map[string]*cycleState{},
 		tasks:            map[string]*taskState{},
 		ownershipChanges: map[string]float64{},
+		unsafeRuns:       map[string]float64{},
 	}
 	for _, c := range cycleNames {
 		st.cycle(c)
+	}
+
+	for _, r := range unsafeResults {
+		st.unsafeRuns[r] = 0
 	}
 
 	m.repos[repository] = st
@@ -250,9 +268,9 @@ func (c *cycleState) observe(seconds float64) {
 // SetRepositories sets the configured repositories, at start and after
 // every reload. The state of every other repository is dropped, so their
 // series disappear from the next scrape, and later events about them are
-// ignored. A repository that is added gets runs_total (zero for every
-// result), in_progress, run_duration_seconds and the deletion counters at
-// once.
+// ignored. A repository that is added gets runs_total and unsafe_runs_total
+// (zero for every result), in_progress, run_duration_seconds and the
+// deletion counters at once.
 func (m *Metrics) SetRepositories(names []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -445,6 +463,51 @@ func (m *Metrics) OwnershipChanged(repository, reason string) {
 
 	if st := m.repo(repository); st != nil {
 		st.ownershipChanges[reason]++
+	}
+}
+
+// GateCheck counts one verdict of the safety=none gate: check is the
+// check's name from the gate's fixed set (velero-server, backups,
+// repository-activity, config, kubernetes, ...), result one of pass, refuse
+// and absent. The first count of a check brings its other results at 0, so
+// that increase() sees the first refusal after a pass. The counter has no
+// repository label, to keep it small; it is kept across SetRepositories.
+func (m *Metrics) GateCheck(check, result string) {
+	if check == "" || result == "" {
+		return
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	c, ok := m.gateChecks[check]
+	if !ok {
+		c = make(map[string]float64, len(gateResults))
+		for _, r := range gateResults {
+			c[r] = 0
+		}
+
+		m.gateChecks[check] = c
+	}
+
+	c[result]++
+}
+
+// UnsafeRun counts one safety=none run of repository, or a request for one,
+// by result: success, failure, refused (by the gate, before the run started)
+// or cancelled (by the gate's watcher, or at shutdown). The run is also
+// reported to RunStarted and RunFinished as a full cycle; this counter tells
+// the unsafe ones apart.
+func (m *Metrics) UnsafeRun(repository, result string) {
+	if result == "" {
+		return
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.unsafeRuns[result]++
 	}
 }
 

@@ -24,6 +24,7 @@ var ownNames = []string{
 	"kopia_maintenance_reclaim_eligible_timestamp_seconds", "kopia_maintenance_index_blobs",
 	"kopia_maintenance_session_markers", "kopia_maintenance_repository_size_bytes",
 	"kopia_maintenance_owner_info", "kopia_maintenance_ownership_changes_total",
+	"kopia_maintenance_unsafe_runs_total", "kopia_maintenance_gate_checks_total",
 	"kopia_maintenance_build_info", "kopia_maintenance_config_last_reload_successful",
 	"kopia_maintenance_config_last_reload_success_timestamp_seconds", "kopia_maintenance_repositories",
 }
@@ -94,7 +95,24 @@ const (
 	helpContents = `# HELP kopia_maintenance_contents_gc_total Contents marked deleted by snapshot garbage collection.
 # TYPE kopia_maintenance_contents_gc_total counter
 `
+	helpUnsafeRuns = `# HELP kopia_maintenance_unsafe_runs_total Maintenance runs with safety=none, and refused requests for one, by result (success, failure, refused, cancelled).
+# TYPE kopia_maintenance_unsafe_runs_total counter
+`
+	helpGateChecks = `# HELP kopia_maintenance_gate_checks_total Verdicts of the safety=none gate's checks by check and result (pass, refuse, absent), across all repositories.
+# TYPE kopia_maintenance_gate_checks_total counter
+`
 )
+
+// emptyUnsafe is unsafe_runs_total of a repository without safety=none runs.
+func emptyUnsafe(name string) string {
+	var b strings.Builder
+
+	for _, r := range []string{"cancelled", "failure", "refused", "success"} {
+		fmt.Fprintf(&b, "kopia_maintenance_unsafe_runs_total{repository=%q,result=%q} 0\n", name, r)
+	}
+
+	return b.String()
+}
 
 // TestCollectorExposition feeds a whole full cycle with its tasks and checks
 // the exact exposition before, during and after it.
@@ -112,7 +130,7 @@ kopia_maintenance_in_progress{cycle="quick",repository="a"} 0
 `+helpDeleted+`kopia_maintenance_blobs_deleted_total{repository="a"} 0
 `+helpBytes+`kopia_maintenance_bytes_deleted_total{repository="a"} 0
 `+helpContents+`kopia_maintenance_contents_gc_total{repository="a"} 0
-`)
+`+helpUnsafeRuns+emptyUnsafe("a"))
 
 	m.ConfigReloaded(true, t0)
 	m.NextRun("a", "full", t0)
@@ -226,7 +244,7 @@ kopia_maintenance_owner_info{is_self="true",owner="maintd@e2e",repository="a"} 1
 # HELP kopia_maintenance_ownership_changes_total Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external).
 # TYPE kopia_maintenance_ownership_changes_total counter
 kopia_maintenance_ownership_changes_total{reason="stale",repository="a"} 1
-`)
+`+helpUnsafeRuns+emptyUnsafe("a"))
 }
 
 // TestLiveSeriesOnlyWhileInFlight checks that the progress series appear
@@ -350,6 +368,74 @@ kopia_maintenance_contents_gc_total{repository="c"} 0
 	}
 }
 
+// TestSafetyNoneCounters checks the exact exposition of the gate's and the
+// unsafe runs' counters: every unsafe result at 0 for each configured
+// repository from the start, a check's results at 0 from its first verdict,
+// no repository label on gate checks, and what survives SetRepositories.
+func TestSafetyNoneCounters(t *testing.T) {
+	m := New(BuildInfo{})
+	names := []string{"kopia_maintenance_unsafe_runs_total", "kopia_maintenance_gate_checks_total"}
+	check := func(want string) {
+		t.Helper()
+
+		if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), names...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m.SetRepositories([]string{"a", "b"})
+	check(helpUnsafeRuns + emptyUnsafe("a") + emptyUnsafe("b"))
+
+	for _, c := range []struct{ check, result string }{
+		{"velero-server", "pass"}, {"backups", "refuse"}, {"datauploads", "absent"},
+		{"velero-server", "pass"}, {"repository-activity", "pass"}, {"kubernetes", "refuse"},
+		{"", "pass"}, {"config", ""},
+	} {
+		m.GateCheck(c.check, c.result)
+	}
+
+	m.UnsafeRun("a", "refused")
+	m.UnsafeRun("a", "success")
+	m.UnsafeRun("a", "success")
+	m.UnsafeRun("b", "cancelled")
+	m.UnsafeRun("gone", "failure") // not configured: dropped
+
+	gates := helpGateChecks + `kopia_maintenance_gate_checks_total{check="backups",result="absent"} 0
+kopia_maintenance_gate_checks_total{check="backups",result="pass"} 0
+kopia_maintenance_gate_checks_total{check="backups",result="refuse"} 1
+kopia_maintenance_gate_checks_total{check="datauploads",result="absent"} 1
+kopia_maintenance_gate_checks_total{check="datauploads",result="pass"} 0
+kopia_maintenance_gate_checks_total{check="datauploads",result="refuse"} 0
+kopia_maintenance_gate_checks_total{check="kubernetes",result="absent"} 0
+kopia_maintenance_gate_checks_total{check="kubernetes",result="pass"} 0
+kopia_maintenance_gate_checks_total{check="kubernetes",result="refuse"} 1
+kopia_maintenance_gate_checks_total{check="repository-activity",result="absent"} 0
+kopia_maintenance_gate_checks_total{check="repository-activity",result="pass"} 1
+kopia_maintenance_gate_checks_total{check="repository-activity",result="refuse"} 0
+kopia_maintenance_gate_checks_total{check="velero-server",result="absent"} 0
+kopia_maintenance_gate_checks_total{check="velero-server",result="pass"} 2
+kopia_maintenance_gate_checks_total{check="velero-server",result="refuse"} 0
+`
+	check(gates + helpUnsafeRuns + `kopia_maintenance_unsafe_runs_total{repository="a",result="cancelled"} 0
+kopia_maintenance_unsafe_runs_total{repository="a",result="failure"} 0
+kopia_maintenance_unsafe_runs_total{repository="a",result="refused"} 1
+kopia_maintenance_unsafe_runs_total{repository="a",result="success"} 2
+kopia_maintenance_unsafe_runs_total{repository="b",result="cancelled"} 1
+kopia_maintenance_unsafe_runs_total{repository="b",result="failure"} 0
+kopia_maintenance_unsafe_runs_total{repository="b",result="refused"} 0
+kopia_maintenance_unsafe_runs_total{repository="b",result="success"} 0
+`)
+
+	// A reload drops b's unsafe runs, keeps a's, brings c at 0 and leaves
+	// the gate's counters alone.
+	m.SetRepositories([]string{"a", "c"})
+	check(gates + helpUnsafeRuns + `kopia_maintenance_unsafe_runs_total{repository="a",result="cancelled"} 0
+kopia_maintenance_unsafe_runs_total{repository="a",result="failure"} 0
+kopia_maintenance_unsafe_runs_total{repository="a",result="refused"} 1
+kopia_maintenance_unsafe_runs_total{repository="a",result="success"} 2
+` + emptyUnsafe("c"))
+}
+
 func TestCollectorLint(t *testing.T) {
 	m := New(BuildInfo{Version: "v1", KopiaVersion: "v0.22.3"})
 	m.SetRepositories([]string{"a"})
@@ -361,6 +447,8 @@ func TestCollectorLint(t *testing.T) {
 	m.Reclaim("a", Reclaim{RetainedBytes: 1, EligibleAt: t0})
 	m.Owner("a", "", false)
 	m.OwnershipChanged("a", "unowned")
+	m.GateCheck("backups", "refuse")
+	m.UnsafeRun("a", "refused")
 
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {
