@@ -16,6 +16,7 @@ import (
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/repo/blob"
 	"github.com/kopia/kopia/repo/manifest"
+	"github.com/kopia/kopia/repo/object"
 	"github.com/kopia/kopia/snapshot"
 	"github.com/kopia/kopia/snapshot/policy"
 	"github.com/kopia/kopia/snapshot/snapshotfs"
@@ -196,4 +197,8 @@ func randomBytes(seed int64, n int) []byte {
 	}
 
 	return b
+}
+
+func objectWriterOptions() object.WriterOptions {
+	return object.WriterOptions{Description: "test"}
 }

@@ -70,6 +70,8 @@ type Manager struct {
 	trackers map[string]*atomic.Pointer[runTracker]
 	// health keeps the last listing so quick cycles need not list packs.
 	health map[string]*Health
+	// books remembers this daemon's write sessions per repository.
+	books map[string]*sessionBook
 }
 
 var validName = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
@@ -100,7 +102,7 @@ func NewManager(opts Options, specs []Spec) (*Manager, error) {
 
 	registerHandleType()
 
-	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}}
+	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}, books: map[string]*sessionBook{}}
 	if err := m.Update(specs); err != nil {
 		return nil, err
 	}
@@ -132,7 +134,15 @@ func (m *Manager) Update(specs []Spec) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
+	now := m.opts.Now
+
 	for name, s := range next {
+		book := m.books[name]
+		if book == nil {
+			book = &sessionBook{file: filepath.Join(m.opts.StateDirectory, "sessions", name+".json"), sessions: map[string]time.Time{}}
+			m.books[name] = book
+		}
+
 		tracker := m.trackers[name]
 		if tracker == nil {
 			tracker = &atomic.Pointer[runTracker]{}
@@ -146,7 +156,7 @@ func (m *Manager) Update(specs []Spec) error {
 				return nil, err
 			}
 
-			return &trackingStorage{Storage: st, tracker: tracker}, nil
+			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now}, nil
 		})
 	}
 

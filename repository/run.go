@@ -38,7 +38,39 @@ type RunRequest struct {
 	QuickInterval, FullInterval time.Duration
 	// Observer, when set, follows the run's tasks and progress live.
 	Observer Observer
+	// Unsafe, when set, makes this full cycle run with kopia's SafetyNone
+	// parameters. The caller must have passed the safety=none gate.
+	Unsafe *UnsafeRun
 }
+
+// UnsafeRun is what a SafetyNone cycle needs to keep proving, from the
+// repository, that nobody else writes.
+type UnsafeRun struct {
+	// QuietPeriod is how long other sessions must not have written.
+	QuietPeriod time.Duration
+	// Guard is called with the repository's activity evidence right before
+	// the cycle and after every kopia task. An error refuses the cycle
+	// before it starts, or cancels it at once.
+	Guard func(ctx context.Context, activity []Activity) error
+}
+
+// GuardError reports a SafetyNone cycle that its guard refused before it
+// started (Started false) or cancelled while it ran.
+type GuardError struct {
+	Repository string
+	Started    bool
+	Cause      error
+}
+
+func (e *GuardError) Error() string {
+	if e.Started {
+		return fmt.Sprintf("repository %q: safety=none cycle cancelled: %v", e.Repository, e.Cause)
+	}
+
+	return fmt.Sprintf("repository %q: safety=none cycle refused: %v", e.Repository, e.Cause)
+}
+
+func (e *GuardError) Unwrap() error { return e.Cause }
 
 // TaskResult is one kopia maintenance task as recorded in the repository's
 // run history.
@@ -84,8 +116,9 @@ type Report struct {
 	Reclaim *Reclaim `json:"reclaim,omitempty"`
 }
 
-// safety is the only safety level of scheduled runs: kopia's SafetyFull
-// margins make maintenance safe while other clients write snapshots.
+// safety is the safety level of every scheduled run: kopia's SafetyFull
+// margins make maintenance safe while other clients write snapshots. Only a
+// gated UnsafeRun uses SafetyNone.
 var safety = maintenance.SafetyFull
 
 // Run performs one maintenance cycle with SafetyFull, applying the
@@ -103,6 +136,19 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 	default:
 		return nil, fmt.Errorf("unknown maintenance cycle %q", req.Cycle)
 	}
+
+	params := safety
+
+	if req.Unsafe != nil {
+		if req.Cycle != Full || req.Unsafe.Guard == nil {
+			return nil, fmt.Errorf("repository %q: a safety=none run must be a guarded full cycle", name)
+		}
+
+		params = maintenance.SafetyNone
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
 	tracker := newRunTracker(req.Observer, req.Cycle)
 	slot := m.tracker(name)
@@ -167,18 +213,42 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		func(ctx context.Context, dw repo.DirectRepositoryWriter) error {
 			dw.LogManager().Enable()
 
+			if u := req.Unsafe; u != nil {
+				// The last word before the destructive cycle: nothing may
+				// be writing, not even a session marker of our own.
+				acts, err := m.activity(ctx, dw, name, u.QuietPeriod, false)
+				if err == nil {
+					err = u.Guard(ctx, acts)
+				}
+
+				if err != nil {
+					return &GuardError{Repository: name, Cause: err}
+				}
+
+				tracker.betweenTasks = func() {
+					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, true)
+					if err == nil {
+						err = u.Guard(ctx, acts)
+					}
+
+					if err != nil {
+						cancel(&GuardError{Repository: name, Started: true, Cause: err})
+					}
+				}
+			}
+
 			err := maintenance.RunExclusive(ctx, dw, mode, false, func(ctx context.Context, rp maintenance.RunParameters) error {
 				ran = true
 
 				// The same steps as kopia's snapshotmaintenance.Run: snapshot
 				// GC marks unreferenced contents before a full cycle.
 				if rp.Mode == maintenance.ModeFull {
-					if err := snapshotgc.Run(ctx, dw, true, safety, rp.MaintenanceStartTime); err != nil {
+					if err := snapshotgc.Run(ctx, dw, true, params, rp.MaintenanceStartTime); err != nil {
 						return fmt.Errorf("snapshot gc: %w", err)
 					}
 				}
 
-				return maintenance.Run(ctx, rp, safety)
+				return maintenance.Run(ctx, rp, params)
 			})
 
 			if ran {
@@ -213,6 +283,15 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 
 	if runErr == nil && !ran {
 		return report, &LockedError{Repository: name}
+	}
+
+	var guardErr *GuardError
+	if errors.As(context.Cause(ctx), &guardErr) {
+		return report, guardErr
+	}
+
+	if errors.As(runErr, &guardErr) {
+		return report, guardErr
 	}
 
 	if runErr != nil {

@@ -22,13 +22,20 @@ import (
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time
+	// tick, when set, moves the clock forward on every reading, as a real
+	// clock does during a run (SafetyNone compares timestamps made within
+	// one cycle).
+	tick time.Duration
 }
 
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	return c.t
+	now := c.t
+	c.t = c.t.Add(c.tick)
+
+	return now
 }
 
 func (c *fakeClock) Set(t time.Time) {
