@@ -40,6 +40,18 @@ func needsCatchUp(now, last time.Time, lookupErr error, interval time.Duration) 
 	return lookupErr != nil || last.IsZero() || now.Sub(last) > interval
 }
 
+// missedWindowAfter is how late the dispatcher may first see an unsafe window slot and still
+// start its run. The dispatcher wakes at every slot (and at least every maxSleep), so a slot seen
+// later than this came while the daemon was down, the machine asleep or the wall clock stepped:
+// the operator did not expect a safety=none cycle then, so the slot is skipped rather than run
+// late by surprise.
+const missedWindowAfter = 5 * time.Minute
+
+// windowMissed reports whether an unsafe window slot first seen at now was missed.
+func windowMissed(now, slot time.Time) bool {
+	return now.Sub(slot) > missedWindowAfter
+}
+
 // skipper is implemented by errors that mark a run as skipped rather than failed.
 type skipper interface{ Skipped() bool }
 
@@ -80,20 +92,26 @@ func (st *repoState) schedulable() bool {
 	return !st.lookingUp && st.running == nil && !st.removed
 }
 
-// dueCycle returns the cycle st should run at now, preferring full because it covers quick.
-func (st *repoState) dueCycle(now time.Time) (idx int, due bool) {
+// dueCycle returns the cycle st should run at now, preferring an unsafe window's full cycle,
+// then full, because each covers the ones after it.
+func (st *repoState) dueCycle(now time.Time) (idx int, unsafe, due bool) {
 	switch {
+	case st.unsafe.pending:
+		return fullIdx, true, true
 	case !now.Before(st.cycles[fullIdx].next):
-		return fullIdx, true
+		return fullIdx, false, true
 	case !now.Before(st.cycles[quickIdx].next):
-		return quickIdx, true
+		return quickIdx, false, true
 	}
-	return 0, false
+	return 0, false, false
 }
 
 // dueSince returns the earliest next time among the cycles of st that are due at now.
 func (st *repoState) dueSince(now time.Time) time.Time {
 	var t time.Time
+	if st.unsafe.pending {
+		t = st.unsafe.next
+	}
 	for _, c := range st.cycles {
 		if !now.Before(c.next) && (t.IsZero() || c.next.Before(t)) {
 			t = c.next
@@ -113,7 +131,7 @@ func pickDue(now time.Time, states []*repoState, free int) []*repoState {
 		if !st.schedulable() {
 			continue
 		}
-		if _, ok := st.dueCycle(now); ok {
+		if _, _, ok := st.dueCycle(now); ok {
 			due = append(due, st)
 		}
 	}
@@ -131,17 +149,25 @@ func pickDue(now time.Time, states []*repoState, free int) []*repoState {
 
 // wakeAt returns the earliest next time after now among schedulable repositories, or zero when
 // nothing is scheduled. Due repositories waiting for a free slot are left out: a finishing run,
-// not the timer, frees the slot they wait for.
+// not the timer, frees the slot they wait for. Unsafe window slots count for every repository,
+// busy or not, because the dispatcher must see each slot come to tell a slot that waits for a
+// busy repository from one missed while it was not watching (windowMissed).
 func wakeAt(now time.Time, states []*repoState) time.Time {
 	var t time.Time
+	earliest := func(at time.Time) {
+		if at.After(now) && (t.IsZero() || at.Before(t)) {
+			t = at
+		}
+	}
 	for _, st := range states {
+		if !st.removed && !st.unsafe.pending && !st.unsafe.next.IsZero() {
+			earliest(st.unsafe.next)
+		}
 		if !st.schedulable() {
 			continue
 		}
 		for _, c := range st.cycles {
-			if c.next.After(now) && (t.IsZero() || c.next.Before(t)) {
-				t = c.next
-			}
+			earliest(c.next)
 		}
 	}
 	return t

@@ -270,22 +270,46 @@ func TestDueCycle(t *testing.T) {
 	tests := []struct {
 		name        string
 		quick, full time.Duration
+		pending     bool
 		want        int
-		due         bool
+		unsafe, due bool
 	}{
-		{"nothing", 2 * time.Hour, 2 * time.Hour, 0, false},
-		{"quick", time.Hour, 2 * time.Hour, quickIdx, true},
-		{"full", 2 * time.Hour, time.Hour, fullIdx, true},
-		{"both: full covers quick", 0, time.Hour, fullIdx, true},
+		{"nothing", 2 * time.Hour, 2 * time.Hour, false, 0, false, false},
+		{"quick", time.Hour, 2 * time.Hour, false, quickIdx, false, true},
+		{"full", 2 * time.Hour, time.Hour, false, fullIdx, false, true},
+		{"both: full covers quick", 0, time.Hour, false, fullIdx, false, true},
+		{"unsafe window alone", 2 * time.Hour, 2 * time.Hour, true, fullIdx, true, true},
+		{"unsafe window covers both", 0, time.Hour, true, fullIdx, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &repoState{}
+			s := &repoState{unsafe: unsafeState{next: at(50 * time.Minute), pending: tt.pending}}
 			s.cycles[quickIdx].next = at(tt.quick)
 			s.cycles[fullIdx].next = at(tt.full)
-			got, due := s.dueCycle(now)
-			if got != tt.want || due != tt.due {
-				t.Errorf("dueCycle = %v, %v; want %v, %v", got, due, tt.want, tt.due)
+			got, unsafe, due := s.dueCycle(now)
+			if got != tt.want || unsafe != tt.unsafe || due != tt.due {
+				t.Errorf("dueCycle = %v, %v, %v; want %v, %v, %v", got, unsafe, due, tt.want, tt.unsafe, tt.due)
+			}
+		})
+	}
+}
+
+func TestWindowMissed(t *testing.T) {
+	slot := at(4 * time.Hour)
+	for _, tt := range []struct {
+		name string
+		now  time.Time
+		want bool
+	}{
+		{"at the slot", slot, false},
+		{"a timer a little late", slot.Add(time.Second), false},
+		{"at the limit", slot.Add(missedWindowAfter), false},
+		{"just past the limit", slot.Add(missedWindowAfter + time.Nanosecond), true},
+		{"after a night asleep", slot.Add(8 * time.Hour), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := windowMissed(tt.now, slot); got != tt.want {
+				t.Errorf("windowMissed(slot+%v) = %v, want %v", tt.now.Sub(slot), got, tt.want)
 			}
 		})
 	}
@@ -307,6 +331,20 @@ func TestWakeAt(t *testing.T) {
 	if got := wakeAt(now, []*repoState{b}); !got.IsZero() {
 		t.Errorf("wakeAt with only a running repository = %v, want zero", got)
 	}
+	// A window slot wakes the dispatcher even while its repository runs, so that it sees the
+	// slot come; a pending one, or one of a removed repository, does not.
+	b.unsafe.next = at(100 * time.Minute)
+	if got, want := wakeAt(now, []*repoState{a, b, c}), at(100*time.Minute); !got.Equal(want) {
+		t.Errorf("wakeAt with a window of a running repository = %v, want %v", got, want)
+	}
+	b.unsafe.pending = true
+	if got := wakeAt(now, []*repoState{b}); !got.IsZero() {
+		t.Errorf("wakeAt with a pending window = %v, want zero", got)
+	}
+	b.unsafe.pending, b.removed = false, true
+	if got := wakeAt(now, []*repoState{b}); !got.IsZero() {
+		t.Errorf("wakeAt with a window of a removed repository = %v, want zero", got)
+	}
 }
 
 func TestNewRejects(t *testing.T) {
@@ -321,6 +359,8 @@ func TestNewRejects(t *testing.T) {
 		{"bad full spec", Options{Maintainer: m, Concurrency: 1}, []Repository{{Name: "a", Quick: "@hourly", Full: "61 * * * *"}}},
 		{"bad time zone", Options{Maintainer: m, Concurrency: 1}, []Repository{{Name: "a", Quick: "CRON_TZ=Mars/Olympus 0 * * * *", Full: "@daily"}}},
 		{"never fires", Options{Maintainer: m, Concurrency: 1}, []Repository{{Name: "a", Quick: "@hourly", Full: "0 0 30 2 *"}}},
+		{"bad unsafe window", Options{Maintainer: m, Concurrency: 1}, []Repository{{Name: "a", Quick: "@hourly", Full: "@daily", UnsafeWindows: []string{"0 4 * * 0", "0 4 * * sunday"}}}},
+		{"unsafe window never fires", Options{Maintainer: m, Concurrency: 1}, []Repository{{Name: "a", Quick: "@hourly", Full: "@daily", UnsafeWindows: []string{"0 0 31 4 *"}}}},
 		{"empty name", Options{Maintainer: m, Concurrency: 1}, []Repository{{Quick: "@hourly", Full: "@daily"}}},
 		{"duplicate", Options{Maintainer: m, Concurrency: 1}, []Repository{ok, ok}},
 		{"no maintainer", Options{Concurrency: 1}, []Repository{ok}},

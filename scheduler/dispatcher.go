@@ -24,7 +24,27 @@ type repoState struct {
 	// removed is set when Update dropped the repository while a run was in flight; the state is
 	// deleted when that run returns.
 	removed bool
+	// unsafe is the schedule of the repository's unsafe windows.
+	unsafe unsafeState
+	// covered holds, while an unsafe run is in flight, what it did to each regular cycle it
+	// covered (nil for one it did not), so that they are owed again if it does not succeed.
+	covered [2]*coverage
 	log     *zap.Logger
+}
+
+// unsafeState is the schedule of the unsafe windows of one repository.
+type unsafeState struct {
+	// next is the next window slot plus jitter; zero without windows.
+	next time.Time
+	// pending is set when next came while the dispatcher was watching: the unsafe run starts as
+	// soon as the repository is free.
+	pending bool
+}
+
+// coverage records a regular cycle covered by an unsafe run.
+type coverage struct {
+	was cycleState // the cycle's schedule before the run started
+	set time.Time  // the next time the run's start gave it
 }
 
 // cycleState is the schedule of one cycle of one repository.
@@ -107,6 +127,8 @@ func (d *dispatcher) apply(cs []compiled, now time.Time) {
 			for i := range cycles {
 				d.setNext(st, i, nextSlot(c.scheds[i], c.jitter, now), false)
 			}
+			// Slots before now are never caught up, at start as after an Update.
+			d.setUnsafe(st, c.nextWindow(now))
 			d.queue = append(d.queue, st)
 			continue
 		}
@@ -118,6 +140,10 @@ func (d *dispatcher) apply(cs []compiled, now time.Time) {
 			if changed && !st.cycles[i].catchUp {
 				d.setNext(st, i, nextSlot(c.scheds[i], c.jitter, now), false)
 			}
+		}
+		if old.jitter != c.jitter || !slices.Equal(old.repo.UnsafeWindows, c.repo.UnsafeWindows) {
+			// A pending slot of the old windows is dropped too: the operator changed them.
+			d.setUnsafe(st, c.nextWindow(now))
 		}
 		d.publish(st)
 	}
@@ -172,19 +198,55 @@ func (d *dispatcher) dispatch(now time.Time) {
 	if d.ctx.Err() != nil {
 		return
 	}
+	d.noticeWindows(now)
 	for _, st := range pickDue(now, d.states(), d.s.concurrency-d.inflight) {
 		d.start(st, now)
 	}
 }
 
+// noticeWindows marks the unsafe window slots that have come as pending, or skips them when they
+// came while the dispatcher was not watching (windowMissed).
+func (d *dispatcher) noticeWindows(now time.Time) {
+	for _, st := range d.states() {
+		u := st.unsafe
+		if st.removed || u.pending || u.next.IsZero() || now.Before(u.next) {
+			continue
+		}
+		if windowMissed(now, u.next) {
+			d.setUnsafe(st, st.c.nextWindow(now))
+			st.log.Info("unsafe window missed; skipped", zap.Time("window_at", u.next), zap.Time("next_window", st.unsafe.next))
+			continue
+		}
+		st.unsafe.pending = true
+		if !st.schedulable() {
+			st.log.Debug("unsafe window due; waiting for the repository", zap.Time("window_at", u.next))
+		}
+	}
+}
+
 // start starts the due cycle of st.
 func (d *dispatcher) start(st *repoState, now time.Time) {
-	idx, _ := st.dueCycle(now)
+	idx, unsafe, _ := st.dueCycle(now)
 	next := [2]time.Time{st.cycles[quickIdx].next, st.cycles[fullIdx].next}
-	next[idx] = nextSlot(st.c.scheds[idx], st.c.jitter, now)
-	if idx == fullIdx && !now.Before(next[quickIdx]) {
-		// The full cycle does quick's work too; running quick right after it would be waste.
-		next[quickIdx] = nextSlot(st.c.scheds[quickIdx], st.c.jitter, now)
+	st.covered = [2]*coverage{}
+	switch {
+	case unsafe:
+		// The unsafe full cycle does the work of every regular cycle that is due.
+		for i := range cycles {
+			if !now.Before(next[i]) {
+				st.covered[i] = &coverage{was: st.cycles[i]}
+				next[i] = nextSlot(st.c.scheds[i], st.c.jitter, now)
+				st.covered[i].set = next[i]
+			}
+		}
+		// Slots that passed while the repository was busy collapse into this run.
+		d.setUnsafe(st, st.c.nextWindow(now))
+	default:
+		next[idx] = nextSlot(st.c.scheds[idx], st.c.jitter, now)
+		if idx == fullIdx && !now.Before(next[quickIdx]) {
+			// The full cycle does quick's work too; running quick right after it would be waste.
+			next[quickIdx] = nextSlot(st.c.scheds[quickIdx], st.c.jitter, now)
+		}
 	}
 	job := Job{
 		Repository:    st.name,
@@ -193,7 +255,8 @@ func (d *dispatcher) start(st *repoState, now time.Time) {
 		NextFull:      next[fullIdx],
 		QuickInterval: Interval(st.c.scheds[quickIdx], now),
 		FullInterval:  Interval(st.c.scheds[fullIdx], now),
-		CatchUp:       st.cycles[idx].catchUp,
+		CatchUp:       !unsafe && st.cycles[idx].catchUp,
+		Unsafe:        unsafe,
 	}
 	st.running = &job
 	d.inflight++
@@ -201,7 +264,7 @@ func (d *dispatcher) start(st *repoState, now time.Time) {
 	if d.s.recorder != nil {
 		d.s.recorder.RunStarted(st.name, string(job.Cycle), now)
 	}
-	st.log.Info("maintenance run started", zap.String("cycle", string(job.Cycle)), zap.Bool("catch_up", job.CatchUp))
+	st.log.Info("maintenance run started", zap.String("cycle", string(job.Cycle)), zap.Bool("catch_up", job.CatchUp), zap.Bool("unsafe", job.Unsafe))
 	// The next times assume success; finish corrects them otherwise. Setting them now keeps
 	// Next truthful during a long run and makes slots that pass meanwhile due at its end.
 	for i := range cycles {
@@ -235,7 +298,15 @@ func (d *dispatcher) finish(r runDone) {
 		zap.String("result", string(result)),
 		zap.Float64("duration_seconds", r.finished.Sub(r.started).Seconds()),
 		zap.Bool("catch_up", r.job.CatchUp),
+		zap.Bool("unsafe", r.job.Unsafe),
 	)
+	if r.job.Unsafe {
+		d.finishUnsafe(st, r, result, shuttingDown, log)
+		if st.removed {
+			delete(d.repos, st.name)
+		}
+		return
+	}
 	sched := st.c.scheds[idx]
 	switch result {
 	case Success:
@@ -268,6 +339,49 @@ func (d *dispatcher) finish(r runDone) {
 	}
 }
 
+// finishUnsafe schedules what follows an unsafe run: in every case the next window slot, set when
+// it started. Nothing is retried and the regular cycles' failure count is left alone, since what
+// refuses or breaks an unsafe run (a Velero backup in progress, a writer) says nothing of the
+// regular cycles; those it covered are owed again at once unless it succeeded.
+func (d *dispatcher) finishUnsafe(st *repoState, r runDone, result Result, shuttingDown bool, log *zap.Logger) {
+	covered := st.covered
+	st.covered = [2]*coverage{}
+	next := zap.Time("next_window", st.unsafe.next)
+	switch {
+	case result == Success:
+		st.failures = 0
+		log.Info("maintenance run finished", next)
+		return
+	case result == Cancelled && shuttingDown:
+		log.Info("maintenance run finished")
+		return
+	}
+	for i, c := range covered {
+		// An Update may have rescheduled the cycle meanwhile; then its new schedule stands.
+		if c != nil && st.cycles[i].next.Equal(c.set) {
+			d.setNext(st, i, c.was.next, c.was.catchUp)
+		}
+	}
+	if result == Failure {
+		log.Error("maintenance run finished", zap.Error(r.err), next)
+		return
+	}
+	log.Warn("maintenance run finished", zap.Error(r.err), next)
+}
+
+// setUnsafe sets the next unsafe window slot of st (zero for none) and clears pending.
+func (d *dispatcher) setUnsafe(st *repoState, at time.Time) {
+	changed := !st.unsafe.next.Equal(at)
+	st.unsafe = unsafeState{next: at}
+	if !changed || st.removed {
+		return
+	}
+	d.publish(st)
+	if !at.IsZero() {
+		st.log.Debug("unsafe window not due", zap.Time("next_window", at))
+	}
+}
+
 // setNext sets when cycle i of st runs next, telling the Recorder and Next when it changed.
 func (d *dispatcher) setNext(st *repoState, i int, at time.Time, catchUp bool) {
 	st.cycles[i].catchUp = catchUp
@@ -285,18 +399,24 @@ func (d *dispatcher) setNext(st *repoState, i int, at time.Time, catchUp bool) {
 	st.log.Debug("maintenance not due", zap.String("cycle", string(cycles[i])), zap.Time("next_run", at), zap.Bool("catch_up", catchUp))
 }
 
-// publish makes Next report the next times of st.
+// publish makes Next and NextUnsafe report the next times of st.
 func (d *dispatcher) publish(st *repoState) {
 	d.s.mu.Lock()
 	defer d.s.mu.Unlock()
 	d.s.nexts[st.name] = [2]time.Time{st.cycles[quickIdx].next, st.cycles[fullIdx].next}
+	if st.unsafe.next.IsZero() {
+		delete(d.s.unsafes, st.name)
+	} else {
+		d.s.unsafes[st.name] = st.unsafe.next
+	}
 }
 
-// unpublish removes a repository from Next.
+// unpublish removes a repository from Next and NextUnsafe.
 func (d *dispatcher) unpublish(name string) {
 	d.s.mu.Lock()
 	defer d.s.mu.Unlock()
 	delete(d.s.nexts, name)
+	delete(d.s.unsafes, name)
 }
 
 // idle tells the test hook that the dispatcher is about to wait.

@@ -36,6 +36,10 @@ type Repository struct {
 	// Jitter is the maximum delay added to every cron slot of this repository; the actual delay
 	// is JitterFor(Name, Jitter), so it is stable across restarts.
 	Jitter time.Duration
+	// UnsafeWindows are cron specs, in the syntax of Quick and Full, of the slots at which a
+	// full cycle with safety=none is to be attempted (Job.Unsafe); the jitter applies to them
+	// too. Empty for none. Missed slots are never caught up: see Job.Unsafe.
+	UnsafeWindows []string
 }
 
 // JitterFor returns the deterministic jitter of the repository called name: the fnv-64a hash of
@@ -74,11 +78,35 @@ func NextTimes(r Repository, now time.Time) (quick, full time.Time, err error) {
 	return nextSlot(c.scheds[quickIdx], c.jitter, now), nextSlot(c.scheds[fullIdx], c.jitter, now), nil
 }
 
+// NextUnsafeTime returns when r's next unsafe window slot (plus jitter) after now is; ok is false
+// when r has no unsafe window. It serves the status of a daemon that is not running.
+func NextUnsafeTime(r Repository, now time.Time) (at time.Time, ok bool, err error) {
+	c, err := compile(r, now)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	at = c.nextWindow(now)
+	return at, !at.IsZero(), nil
+}
+
 // compiled is a validated Repository with its parsed schedules.
 type compiled struct {
-	repo   Repository
-	scheds [2]cron.Schedule
-	jitter time.Duration
+	repo    Repository
+	scheds  [2]cron.Schedule
+	windows []cron.Schedule
+	jitter  time.Duration
+}
+
+// nextWindow returns the earliest unsafe window slot plus jitter strictly after after, or zero
+// when c has no window.
+func (c compiled) nextWindow(after time.Time) time.Time {
+	var t time.Time
+	for _, w := range c.windows {
+		if n := nextSlot(w, c.jitter, after); t.IsZero() || n.Before(t) {
+			t = n
+		}
+	}
+	return t
 }
 
 // compile parses and validates r; now is only used to check that the schedules ever fire.
@@ -96,6 +124,16 @@ func compile(r Repository, now time.Time) (compiled, error) {
 			return compiled{}, fmt.Errorf("repository %q: %s schedule %q never fires", r.Name, cycles[i], spec)
 		}
 		c.scheds[i] = sched
+	}
+	for _, spec := range r.UnsafeWindows {
+		sched, err := cron.ParseStandard(spec)
+		if err != nil {
+			return compiled{}, fmt.Errorf("repository %q: parse unsafe window %q: %w", r.Name, spec, err)
+		}
+		if Interval(sched, now) <= 0 {
+			return compiled{}, fmt.Errorf("repository %q: unsafe window %q never fires", r.Name, spec)
+		}
+		c.windows = append(c.windows, sched)
 	}
 	return c, nil
 }

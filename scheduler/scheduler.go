@@ -1,7 +1,9 @@
 // Package scheduler decides when to run which kopia maintenance cycle on which repository: cron
 // slots with a deterministic per-repository jitter, one catch-up run after downtime, a limit on
-// concurrent runs, exponential backoff after failures and the lifecycle of each run. The work
-// itself is done by a Maintainer; this package never touches a repository.
+// concurrent runs, exponential backoff after failures and the lifecycle of each run. It also
+// starts the full cycles of unsafe windows (Repository.UnsafeWindows, Job.Unsafe), which are
+// never caught up nor retried. The work itself, and the proof that an unsafe run may go ahead,
+// is the Maintainer's; this package never touches a repository.
 package scheduler
 
 import (
@@ -48,6 +50,22 @@ type Job struct {
 	// CatchUp is true when this run was started because the last success is older than the
 	// interval (or unknown), rather than by a cron slot.
 	CatchUp bool
+	// Unsafe is true for a full cycle (Cycle is Full) started by an unsafe window slot: the
+	// Maintainer is to run it with safety=none if, and only if, its gate allows it now; this
+	// package proves nothing. The Recorder sees it as a full cycle.
+	//
+	// An unsafe run starts at its slot, or, when the slot comes while the repository is busy
+	// (a run in flight, the concurrency limit), as soon as it is free, once however many slots
+	// passed meanwhile. A slot the scheduler did not see come, because the daemon was down or
+	// the machine asleep, is skipped and logged at Info: an unsafe cycle never runs late by
+	// surprise. It covers a due regular full and quick cycle, as a full cycle covers quick.
+	//
+	// Whatever its result, the next attempt is the next window slot: no backoff, no retry, and
+	// the failure count of the regular cycles is left alone. If it does not succeed, the regular
+	// cycles it covered are due again at once, so a refused or failed unsafe run never delays
+	// them. A refusal by the gate is best returned as a skipped error (see Maintainer): it is
+	// then logged at Warn rather than Error.
+	Unsafe bool
 }
 
 // Maintainer does the maintenance work the scheduler decides on.
@@ -119,6 +137,7 @@ type Scheduler struct {
 	desired []compiled              // the latest repository set from New or Update
 	active  bool                    // Run owns the repository set
 	nexts   map[string][2]time.Time // what Next reports
+	unsafes map[string]time.Time    // what NextUnsafe reports; only repositories with windows
 	updated chan struct{}           // buffer of one: repeated Updates merge into one
 
 	done   chan runDone
@@ -146,6 +165,7 @@ func New(opts Options, repos []Repository) (*Scheduler, error) {
 		recorder:    opts.Recorder,
 		backoffBase: opts.BackoffBase,
 		nexts:       make(map[string][2]time.Time),
+		unsafes:     make(map[string]time.Time),
 		updated:     make(chan struct{}, 1),
 		done:        make(chan runDone),
 		looked:      make(chan lookupDone),
@@ -209,19 +229,34 @@ func (s *Scheduler) Next(repository string) (quick, full time.Time, ok bool) {
 	return n[quickIdx], n[fullIdx], ok
 }
 
-// publishStatic sets what Next reports from the cron schedules alone.
+// NextUnsafe returns when the next unsafe full cycle of repository is due: its next window slot
+// plus jitter, or a slot that has come and waits for the repository to be free (then in the
+// past). ok is false for an unknown repository or one without unsafe windows.
+func (s *Scheduler) NextUnsafe(repository string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.unsafes[repository]
+	return at, ok
+}
+
+// publishStatic sets what Next and NextUnsafe report from the cron schedules alone.
 func (s *Scheduler) publishStatic(cs []compiled, now time.Time) {
 	nexts := make(map[string][2]time.Time, len(cs))
+	unsafes := make(map[string]time.Time)
 	for _, c := range cs {
 		nexts[c.repo.Name] = [2]time.Time{
 			nextSlot(c.scheds[quickIdx], c.jitter, now),
 			nextSlot(c.scheds[fullIdx], c.jitter, now),
+		}
+		if at := c.nextWindow(now); !at.IsZero() {
+			unsafes[c.repo.Name] = at
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.active {
 		s.nexts = nexts
+		s.unsafes = unsafes
 	}
 }
 

@@ -33,6 +33,9 @@ func (c *call) String() string {
 	if c.job.CatchUp {
 		s += " catch-up"
 	}
+	if c.job.Unsafe {
+		s += " unsafe"
+	}
 	return s
 }
 
