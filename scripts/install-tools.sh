@@ -5,7 +5,8 @@
 # Safe to run repeatedly: a cached binary is reused.
 #
 # Usage: scripts/install-tools.sh [minio] [kopia] [staticcheck] [prometheus]
-# Without arguments it installs the default set (minio kopia staticcheck prometheus).
+#          [toxiproxy] [etcd] [kube-apiserver]
+# Without arguments it installs the default set (all of them).
 # Tests find the tools in $KOPIA_MAINTD_TOOLS, default $cache/tools/bin.
 set -euo pipefail
 
@@ -21,6 +22,8 @@ KOPIA_VERSION=v0.22.3
 # staticcheck 2026.1, the release for Go 1.26. The module proxy knows
 # staticcheck only by module version (2025.1.1 is v0.6.1), not by release name.
 STATICCHECK_VERSION=v0.7.0
+# The version tools/kube-apiserver/go.mod requires (k8s.io/kubernetes).
+KUBE_APISERVER_VERSION=v1.36.3
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -83,6 +86,44 @@ install_toxiproxy() {
   ln -sf "$dest" "$bin/toxiproxy-server"
 }
 
-what=${*:-minio kopia staticcheck prometheus toxiproxy}
-for t in $what; do "install_$t"; done
+# apt_install installs Debian packages, as root or through sudo -n.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# install_etcd installs etcd from Debian (3.4 on bookworm, package
+# etcd-server; its service is not needed) and links it into $bin. The
+# Kubernetes tests run a kube-apiserver against it.
+install_etcd() {
+  if ! command -v etcd >/dev/null; then
+    log "installing etcd from Debian packages"
+    apt_install etcd-server
+  fi
+  ln -sf "$(command -v etcd)" "$bin/etcd"
+}
+
+# install_kube_apiserver builds the real kube-apiserver from the tools module
+# in tools/kube-apiserver (about 6 minutes and 100 MB the first time).
+install_kube_apiserver() {
+  local dest="$bin/kube-apiserver-$KUBE_APISERVER_VERSION"
+  if [ ! -x "$dest" ]; then
+    log "building kube-apiserver $KUBE_APISERVER_VERSION (about 6 minutes the first time)"
+    # Stamp the version as Kubernetes' own build does, so /version reports
+    # it instead of v0.0.0-master.
+    local v=${KUBE_APISERVER_VERSION#v} pkg=k8s.io/component-base/version
+    local major=${v%%.*} minor=${v#*.}; minor=${minor%%.*}
+    (cd "$here/tools/kube-apiserver" &&
+      GOFLAGS="-mod=mod -buildvcs=false" go build -o "$dest.tmp" -ldflags "-s -w \
+        -X $pkg.gitVersion=$KUBE_APISERVER_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor \
+        -X $pkg.gitTreeState=clean" . &&
+      mv "$dest.tmp" "$dest")
+  fi
+  ln -sf "$dest" "$bin/kube-apiserver"
+}
+
+what=${*:-minio kopia staticcheck prometheus toxiproxy etcd kube_apiserver}
+for t in $what; do "install_${t//-/_}"; done
 log "tools in $bin"
