@@ -2,7 +2,12 @@ package safety
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // Verdict is the outcome of one check.
@@ -27,7 +32,8 @@ type Check struct {
 	// velero-server, node-agent, data-path-pods, maintenance-jobs, backups,
 	// restores, podvolumebackups, podvolumerestores, datauploads,
 	// datadownloads, deletebackuprequests, backuprepositories, schedules,
-	// repository-activity, config.
+	// repository-activity, config, and kubernetes for the Kubernetes
+	// checker failing as a whole.
 	Name string `json:"name"`
 	// Namespace is the Velero namespace checked ("" for the repository).
 	Namespace string  `json:"namespace,omitempty"`
@@ -71,3 +77,203 @@ type CheckerFunc func(ctx context.Context) ([]Check, error)
 
 // Check calls f.
 func (f CheckerFunc) Check(ctx context.Context) ([]Check, error) { return f(ctx) }
+
+// Check names of the gate's own checks, and of a checker group that failed
+// as a whole.
+const (
+	CheckConfig             = "config"
+	CheckKubernetes         = "kubernetes"
+	CheckRepositoryActivity = "repository-activity"
+)
+
+// Gate decides whether a safety=none cycle may run on one repository. The
+// zero value refuses (Allow is false).
+type Gate struct {
+	// Kubernetes checks for Velero activity; nil skips them (no Kubernetes).
+	Kubernetes Checker
+	// Repository checks the repository for foreign writes; nil skips them.
+	Repository Checker
+	// Allow is safetyNone.allow (global and per repository, combined).
+	Allow bool
+	// RepositoryName names the repository in the Decision.
+	RepositoryName string
+	// Now stamps decisions; nil means Clock.Now.
+	Now func() time.Time
+	// Clock drives WatchKubernetes; nil means the real clock.
+	Clock clock.WithTicker
+}
+
+func (g *Gate) clock() clock.WithTicker {
+	if g.Clock != nil {
+		return g.Clock
+	}
+
+	return clock.RealClock{}
+}
+
+func (g *Gate) now() time.Time {
+	if g.Now != nil {
+		return g.Now()
+	}
+
+	return g.clock().Now()
+}
+
+// Check runs every check and decides. When Allow is false it refuses with a
+// config check, and still runs the others so that the decision shows what
+// they saw. Both checker groups run concurrently; a group that fails as a
+// whole becomes one refusing check named after it.
+func (g *Gate) Check(ctx context.Context) Decision {
+	d := Decision{Repository: g.RepositoryName, At: g.now()}
+
+	if !g.Allow {
+		d.Checks = append(d.Checks, Check{Name: CheckConfig, Verdict: Refuse, Reason: "safetyNone.allow is false"})
+	}
+
+	var kube, repo []Check
+
+	var wg sync.WaitGroup
+
+	wg.Go(func() { kube = runGroup(ctx, CheckKubernetes, g.Kubernetes) })
+	wg.Go(func() { repo = runGroup(ctx, CheckRepositoryActivity, g.Repository) })
+	wg.Wait()
+
+	d.Checks = append(d.Checks, kube...)
+	d.Checks = append(d.Checks, repo...)
+
+	return decide(d)
+}
+
+// CheckKubernetes runs only the Kubernetes checks (the watcher's re-check).
+func (g *Gate) CheckKubernetes(ctx context.Context) Decision {
+	d := Decision{Repository: g.RepositoryName, At: g.now()}
+	d.Checks = runGroup(ctx, CheckKubernetes, g.Kubernetes)
+
+	return decide(d)
+}
+
+// CheckRepository runs only the repository checks (the re-check between
+// kopia's tasks).
+func (g *Gate) CheckRepository(ctx context.Context) Decision {
+	d := Decision{Repository: g.RepositoryName, At: g.now()}
+	d.Checks = runGroup(ctx, CheckRepositoryActivity, g.Repository)
+
+	return decide(d)
+}
+
+// runGroup runs one checker; a nil checker yields no check.
+func runGroup(ctx context.Context, group string, c Checker) []Check {
+	if c == nil {
+		return nil
+	}
+
+	checks, err := c.Check(ctx)
+	if err != nil {
+		return append(checks, Check{Name: group, Verdict: Refuse, Reason: err.Error()})
+	}
+
+	return checks
+}
+
+// decide sets Allowed: every check passed or was absent. A check with any
+// other verdict (a checker bug) is turned into a refusal: the gate fails
+// closed.
+func decide(d Decision) Decision {
+	d.Allowed = true
+
+	for i := range d.Checks {
+		c := &d.Checks[i]
+
+		switch c.Verdict {
+		case Pass, Absent:
+		case Refuse:
+			d.Allowed = false
+		default:
+			c.Reason = fmt.Sprintf("invalid verdict %q: %s", c.Verdict, c.Reason)
+			c.Verdict = Refuse
+			d.Allowed = false
+		}
+	}
+
+	return d
+}
+
+// WatchKubernetes re-runs the Kubernetes checks now and then every interval
+// until ctx ends. On the first decision that refuses it calls onRefuse once
+// with that decision and returns. A check cut short because ctx ended (the
+// run finished) is not reported. Without Kubernetes checks it returns at
+// once.
+func (g *Gate) WatchKubernetes(ctx context.Context, interval time.Duration, onRefuse func(Decision)) {
+	if g.Kubernetes == nil {
+		return
+	}
+
+	t := g.clock().NewTicker(interval)
+	defer t.Stop()
+
+	for {
+		d := g.CheckKubernetes(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+
+		if !d.Allowed {
+			onRefuse(d)
+
+			return
+		}
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+	}
+}
+
+// RefusedError is returned by Admit when the gate refuses; it carries the
+// decision with the evidence. Callers map it to "refused" (exit code 3), as
+// distinct from a failure.
+type RefusedError struct {
+	Decision Decision
+}
+
+func (e *RefusedError) Error() string {
+	var parts []string
+
+	for _, c := range e.Decision.Refusals() {
+		name := c.Name
+		if c.Namespace != "" {
+			name = c.Namespace + "/" + name
+		}
+
+		parts = append(parts, name+": "+c.Reason)
+	}
+
+	return fmt.Sprintf("safety=none refused for repository %q: %s", e.Decision.Repository, strings.Join(parts, "; "))
+}
+
+// Admission proves that the gate passed: only Admit makes one with a
+// decision inside, so a function that takes an Admission cannot be reached
+// without passing the gate.
+type Admission struct {
+	decision Decision
+}
+
+// Decision returns the decision that admitted the run.
+func (a Admission) Decision() Decision { return a.decision }
+
+// Valid reports whether a came from a passing gate (the zero Admission does
+// not).
+func (a Admission) Valid() bool { return a.decision.Allowed }
+
+// Admit runs Check and returns an Admission when it allows the run, or a
+// *RefusedError with the decision.
+func (g *Gate) Admit(ctx context.Context) (Admission, Decision, error) {
+	d := g.Check(ctx)
+	if !d.Allowed {
+		return Admission{}, d, &RefusedError{Decision: d}
+	}
+
+	return Admission{decision: d}, d, nil
+}
