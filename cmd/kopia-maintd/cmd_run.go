@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kopia-maintd/kopia-maintd/config"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
 )
@@ -56,17 +57,26 @@ func cmdRun(args []string, stderr io.Writer) error {
 	met.SetRepositories(names(cfg))
 	met.ConfigReloaded(true, time.Now())
 
+	// The reloader owns the configuration in force; runs read it through
+	// current, so a reload applies to the next run.
+	var rl *reloader
+
+	current := func() *config.Config { return rl.current() }
+
 	sched, err := scheduler.New(scheduler.Options{
 		Logger:      log.Named("scheduler"),
 		Concurrency: cfg.Concurrency,
-		Maintainer:  maintainer{m: mgr, met: met, self: cfg.Identity.String(), owners: &owners{}},
-		Recorder:    met,
+		Maintainer: maintainer{
+			m: mgr, met: met, self: cfg.Identity.String(), owners: &owners{},
+			unsafe: newUnsafeRunner(cfg, mgr, met, log.Named("safety")), current: current,
+		},
+		Recorder: met,
 	}, schedules(cfg))
 	if err != nil {
 		return err
 	}
 
-	rl := &reloader{
+	rl = &reloader{
 		path: *cfgPath, log: log.Named("config"), level: level,
 		mgr: mgr, sched: sched, met: met, now: time.Now, cfg: cfg,
 	}

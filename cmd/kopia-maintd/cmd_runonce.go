@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kopia-maintd/kopia-maintd/repository"
+	"github.com/kopia-maintd/kopia-maintd/safety"
 )
 
 func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
@@ -20,6 +21,7 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 	cfgPath := configFlag(fs)
 	name := fs.String("repository", "", "repository to maintain")
 	cycle := fs.String("cycle", "", "quick or full")
+	level := fs.String("safety", "full", "full, or none for a gated safety=none full cycle")
 
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -27,6 +29,15 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 
 	if *cycle != string(repository.Quick) && *cycle != string(repository.Full) {
 		return usagef("--cycle must be quick or full, not %q", *cycle)
+	}
+
+	lvl, err := safety.ParseLevel(*level)
+	if err != nil {
+		return usagef("--safety: %v", err)
+	}
+
+	if lvl == safety.None && *cycle != string(repository.Full) {
+		return usagef("--safety none applies to full cycles only")
 	}
 
 	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
@@ -48,9 +59,23 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	rep, runErr := mgr.Run(ctx, rc.Name, req)
+	var rep *repository.Report
+
+	var runErr error
+
+	if lvl == safety.None {
+		u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
+		rep, runErr = u.run(ctx, cfg, rc, requester(), req)
+	} else {
+		rep, runErr = mgr.Run(ctx, rc.Name, req)
+	}
 	if rep != nil {
 		printReport(stdout, rep, runErr)
+	}
+
+	var refusal *gateRefusal
+	if errors.As(runErr, &refusal) {
+		printDecision(stdout, refusal.decision)
 	}
 
 	if runErr != nil {

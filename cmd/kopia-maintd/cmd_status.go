@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/kopia-maintd/kopia-maintd/config"
 	"github.com/kopia-maintd/kopia-maintd/repository"
+	"github.com/kopia-maintd/kopia-maintd/safety"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
 )
 
@@ -23,7 +25,9 @@ type repoStatus struct {
 	// schedules, for comparison with what the repository records.
 	CronNextQuick time.Time `json:"cronNextQuick"`
 	CronNextFull  time.Time `json:"cronNextFull"`
-	Error         string    `json:"error,omitempty"`
+	// UnsafeRuns are the newest safety=none requests from the audit log.
+	UnsafeRuns []safety.AuditEntry `json:"unsafeRuns,omitempty"`
+	Error      string              `json:"error,omitempty"`
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
@@ -54,6 +58,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	ctx := context.Background()
 	now := time.Now()
 	failed := 0
+	audit := safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit"))
 
 	var out []repoStatus
 
@@ -63,6 +68,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 
 		st, err := mgr.Status(ctx, r.Name)
 		if err != nil {
+			rs.Error = err.Error()
+			failed++
+		}
+
+		if rs.UnsafeRuns, err = audit.Recent(r.Name, 5); err != nil && rs.Error == "" {
 			rs.Error = err.Error()
 			failed++
 		}
@@ -169,6 +179,25 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 			h.IndexBlobs, h.SessionMarkers, repository.HumanBytes(h.SizeBytes[repository.ClassDataPacks]),
 			repository.HumanBytes(h.SizeBytes[repository.ClassMetadataPacks]), repository.HumanBytes(h.SizeBytes[repository.ClassIndex]),
 			repository.HumanBytes(h.SizeBytes[repository.ClassOther]))
+	}
+
+	for _, e := range rs.UnsafeRuns {
+		detail := e.CancelReason
+		if detail == "" && e.Result == safety.ResultRefused {
+			detail = summary(e.Decision)
+		}
+
+		if detail == "" {
+			detail = e.Error
+		}
+
+		fmt.Fprintf(w, "  safety=none:     %s %s, requested by %s", e.Requested.UTC().Format("2006-01-02 15:04:05 UTC"), e.Result, e.RequestedBy)
+
+		if detail != "" {
+			fmt.Fprintf(w, ": %s", detail)
+		}
+
+		fmt.Fprintln(w)
 	}
 
 	if len(st.Tasks) == 0 {

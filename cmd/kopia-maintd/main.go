@@ -7,7 +7,8 @@
 //
 //	kopia-maintd run          --config FILE   the daemon
 //	kopia-maintd check-config --config FILE   validate and exit
-//	kopia-maintd run-once     --config FILE --repository NAME --cycle quick|full
+//	kopia-maintd run-once     --config FILE --repository NAME --cycle quick|full [--safety none]
+//	kopia-maintd gate         --config FILE [--repository NAME] [--json]
 //	kopia-maintd status       --config FILE [--repository NAME] [--json]
 //	kopia-maintd owner show|take|hand-back --config FILE --repository NAME [--to user@host]
 //
@@ -55,13 +56,15 @@ const usage = `kopia-maintd owns Kopia repository maintenance.
 Usage:
   kopia-maintd run          --config FILE
   kopia-maintd check-config --config FILE
-  kopia-maintd run-once     --config FILE --repository NAME --cycle quick|full
+  kopia-maintd run-once     --config FILE --repository NAME --cycle quick|full [--safety none]
+  kopia-maintd gate         --config FILE [--repository NAME] [--json]
   kopia-maintd status       --config FILE [--repository NAME] [--json]
   kopia-maintd owner show|take|hand-back --config FILE --repository NAME [--to user@host]
   kopia-maintd version
 
 The config file may also be given with KOPIA_MAINTD_CONFIG.
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error,
+3 refused (or stopped) by the safety=none gate.
 `
 
 // run dispatches a subcommand and maps its error to an exit code; it is the
@@ -87,6 +90,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(rest, stdout, stderr)
 	case "owner":
 		err = cmdOwner(rest, stdout, stderr)
+	case "gate":
+		err = cmdGate(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "kopia-maintd %s (kopia %s)\n", version, kopiaVersion())
 	case "help", "-h", "--help":
@@ -104,11 +109,17 @@ func report(err error, stderr io.Writer) int {
 	}
 
 	var (
-		cfgErr   *config.Error
-		usageErr *usageError
+		cfgErr    *config.Error
+		usageErr  *usageError
+		refused   *gateRefusal
+		cancelled *gateCancellation
+		notNow    *gateNotAllowed
 	)
 
 	switch {
+	case errors.As(err, &refused), errors.As(err, &cancelled), errors.As(err, &notNow):
+		fmt.Fprintf(stderr, "kopia-maintd: %s\n", err)
+		return exitRefused
 	case errors.Is(err, flag.ErrHelp):
 		return exitUsage
 	case errors.As(err, &cfgErr):

@@ -34,6 +34,14 @@ type reloader struct {
 	cfg *config.Config
 }
 
+// current returns the configuration in force.
+func (r *reloader) current() *config.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+
+	return r.cfg
+}
+
 // reload loads and validates the file and, only when all of it is valid and
 // changes nothing that takes a restart (config.CheckReload), applies it:
 // repository specs, schedules, the exported repository set and the log

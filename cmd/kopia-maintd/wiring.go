@@ -180,7 +180,10 @@ func schedules(cfg *config.Config) []scheduler.Repository {
 }
 
 func schedulerRepo(r config.Repository) scheduler.Repository {
-	return scheduler.Repository{Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter}
+	return scheduler.Repository{
+		Name: r.Name, Quick: r.Schedule.Quick, Full: r.Schedule.Full, Jitter: r.Schedule.Jitter,
+		UnsafeWindows: r.UnsafeWindows,
+	}
 }
 
 func findRepository(cfg *config.Config, name string) (config.Repository, error) {
@@ -220,19 +223,40 @@ type maintainer struct {
 	// the owner is us.
 	self   string
 	owners *owners
+	// unsafe runs the gated safety=none cycles of unsafe windows, under the
+	// configuration current returns (it follows reloads).
+	unsafe  *unsafeRunner
+	current func() *config.Config
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 	obs := &runObserver{met: a.met, repository: job.Repository}
-
-	report, err := a.m.Run(ctx, job.Repository, repository.RunRequest{
+	req := repository.RunRequest{
 		Cycle:         repository.Cycle(job.Cycle),
 		NextQuick:     job.NextQuick,
 		NextFull:      job.NextFull,
 		QuickInterval: job.QuickInterval,
 		FullInterval:  job.FullInterval,
 		Observer:      obs,
-	})
+	}
+
+	var (
+		report *repository.Report
+		err    error
+	)
+
+	if job.Unsafe {
+		cfg := a.current()
+
+		r, ferr := findRepository(cfg, job.Repository)
+		if ferr != nil {
+			return ferr
+		}
+
+		report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
+	} else {
+		report, err = a.m.Run(ctx, job.Repository, req)
+	}
 
 	observeReport(a.met, a.owners, a.self, job.Repository, report, err)
 
