@@ -246,6 +246,30 @@ func TestGateRefusesThenAllowsAndReclaimsAtOnce(t *testing.T) {
 	}
 
 	e.k.Run(t, "snapshot", "verify", "--verify-files-percent=100")
+
+	// The daemon runs a scheduled window through the same gate.
+	cfgBytes, err := os.ReadFile(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	addr := harness.FreeAddr(t)
+	windowCfg := writeFile(t, e.dir, "window.yaml", strings.Replace(string(cfgBytes),
+		"  watchInterval: 1s\n", "  watchInterval: 1s\n  windows:\n    - schedule: \"@every 3s\"\n", 1)+
+		fmt.Sprintf("server: {listenAddress: %q}\n", addr))
+
+	d := startDaemon(t, windowCfg, addr)
+
+	waitFor(t, d, "a scheduled safety=none window in the audit log", 90*time.Second, func() bool {
+		lines := e.auditLines(t)
+		last := lines[len(lines)-1]
+
+		return last["requestedBy"] == "scheduled safety=none window" && last["result"] == "success"
+	})
+
+	if got := d.metric(t, `kopia_maintenance_unsafe_runs_total{repository="ns1",result="success"}`); got < 1 {
+		t.Fatalf("unsafe_runs_total success = %v after a scheduled window", got)
+	}
 }
 
 // TestUnsafeCycleCancelledWhenBackupStarts: a Backup switched to
