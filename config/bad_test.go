@@ -66,6 +66,37 @@ func badConfigs() map[string][]string {
 			`kubernetes.context: unknown key`,
 			`kubernetes.kubeconfig: open {{testdata}}/no-such-kubeconfig: no such file or directory`,
 		},
+		"lease-duration-invalid.yaml": {
+			`lease.duration: invalid duration "1 minute" (want a Go duration such as 90s, 5m or 48h)`,
+			`lease.renewInterval: invalid duration "15" (want a Go duration such as 90s, 5m or 48h)`,
+		},
+		"lease-duration-range.yaml": {
+			`lease.duration: must be > 0, got "0s"`,
+			`lease.renewInterval: must be > 0, got "-15s"`,
+		},
+		"lease-holder-identity.yaml": {
+			`lease.holderIdentity: invalid holder identity "maintd@Host A" (want at most 128 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit; leave it empty to generate one)`,
+		},
+		"lease-kind-unknown.yaml": {
+			`lease.kind: unknown lease kind "etcd" (want auto, kubernetes or repository)`,
+		},
+		"lease-name-prefix.yaml": {
+			`lease.kubernetes.namePrefix: invalid lease name prefix "Kopia_Maintd-" (namePrefix + repository name must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting with a letter or digit; at most 190 characters)`,
+		},
+		"lease-name.yaml": {
+			`repositories[1].name: lease name "maintd.-dash" (lease.kubernetes.namePrefix + name) is not a valid DNS-1123 subdomain: each dot-separated part must start and end with a letter or digit`,
+			`repositories[2].name: lease name "maintd.trailing-" (lease.kubernetes.namePrefix + name) is not a valid DNS-1123 subdomain: each dot-separated part must start and end with a letter or digit`,
+		},
+		"lease-namespace.yaml": {
+			`lease.kubernetes.name: unknown key`,
+			`lease.kubernetes.namespace: invalid namespace name "Backup_NS" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
+		},
+		"lease-namespace-missing.yaml": {
+			`lease.kubernetes.namespace: required with lease kind kubernetes: the pod's namespace is unknown (POD_NAMESPACE is not set and /nonexistent/serviceaccount/namespace is not readable)`,
+		},
+		"lease-renew-interval.yaml": {
+			`lease.renewInterval: must be less than half of lease.duration (30s), so that a renewal may fail once and the next is still in time, got "30s"`,
+		},
 		"listen-address-port.yaml": {
 			`server.listenAddress: invalid listen address "localhost:http": port must be a number from 1 to 65535, got "http"`,
 		},

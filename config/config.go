@@ -11,8 +11,11 @@
 // and S3.Credentials read them on demand, so rotated secret files are picked
 // up without a reload.
 //
-// A Config is not modified after Parse returns; reloading means parsing the
-// file again and swapping the pointer only when that succeeds.
+// A Config is not modified after Parse returns, with one exception:
+// reloading means parsing the file again, checking the result with
+// CheckReload, carrying over the values generated for the running process
+// (the lease holder identity) with InheritRuntime, and swapping the pointer
+// only when all of that succeeds.
 package config
 
 import (
@@ -58,6 +61,9 @@ type Config struct {
 	Kubernetes Kubernetes
 	// SafetyNone configures the gate of safety=none full cycles.
 	SafetyNone SafetyNone
+	// Lease configures the per-repository leases that keep every
+	// repository maintained by at most one process at a time.
+	Lease Lease
 	// Defaults holds the resolved defaults. Callers should not need it:
 	// every Repository already has them merged in.
 	Defaults Defaults

@@ -53,6 +53,14 @@ repositories:
 			ScheduleMargin:   2 * time.Hour,
 			WatchInterval:    5 * time.Second,
 		},
+		Lease: Lease{
+			Kind:                    LeaseKindRepository,
+			Duration:                time.Minute,
+			RenewInterval:           15 * time.Second,
+			HolderIdentity:          "test-host-deadbeef",
+			HolderIdentityGenerated: true,
+			Kubernetes:              LeaseKubernetes{NamePrefix: "kopia-maintd-"},
+		},
 		Defaults: defaults,
 		Repositories: []Repository{{
 			Name:         "local",

@@ -26,6 +26,7 @@ type rawConfig struct {
 	Log            rawLog          `yaml:"log"`
 	Kubernetes     rawKubernetes   `yaml:"kubernetes"`
 	SafetyNone     rawSafetyNone   `yaml:"safetyNone"`
+	Lease          rawLease        `yaml:"lease"`
 	Defaults       rawDefaults     `yaml:"defaults"`
 	Repositories   []rawRepository `yaml:"repositories"`
 }
@@ -44,6 +45,19 @@ type rawServer struct {
 type rawLog struct {
 	Level  *string `yaml:"level"`
 	Format *string `yaml:"format"`
+}
+
+type rawLease struct {
+	Kind           *string            `yaml:"kind"`
+	Duration       *string            `yaml:"duration"`
+	RenewInterval  *string            `yaml:"renewInterval"`
+	HolderIdentity *string            `yaml:"holderIdentity"`
+	Kubernetes     rawLeaseKubernetes `yaml:"kubernetes"`
+}
+
+type rawLeaseKubernetes struct {
+	Namespace  *string `yaml:"namespace"`
+	NamePrefix *string `yaml:"namePrefix"`
 }
 
 type rawKubernetes struct {

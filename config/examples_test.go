@@ -87,6 +87,20 @@ func TestVeleroExample(t *testing.T) {
 	if s.Allow || cfg.Kubernetes.Kubeconfig != "" || len(s.Windows) != 1 || s.Windows[0].Schedule != "CRON_TZ=UTC 0 4 * * 0" {
 		t.Errorf("SafetyNone = %+v, Kubernetes = %+v", s, cfg.Kubernetes)
 	}
+	// The tests run as outside a cluster (TestMain): auto resolves to the
+	// repository kind.
+	l := cfg.Lease
+	if l.Kind != LeaseKindRepository || l.Duration != DefaultLeaseDuration || l.RenewInterval != DefaultLeaseRenewInterval ||
+		!l.HolderIdentityGenerated || l.Kubernetes != (LeaseKubernetes{NamePrefix: "kopia-maintd-"}) ||
+		l.LeaseName("velero-default") != "kopia-maintd-velero-default" {
+		t.Errorf("Lease = %+v", l)
+	}
+	withEnvironment(t, fakeEnvironment(map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1", "POD_NAMESPACE": "velero"}))
+	if cfg, err := Load(filepath.Join("..", "configs", "velero.yaml")); err != nil {
+		t.Errorf("in a cluster: %v", err)
+	} else if cfg.Lease.Kind != LeaseKindKubernetes || cfg.Lease.Kubernetes.Namespace != "velero" {
+		t.Errorf("in a cluster: Lease = %+v", cfg.Lease)
+	}
 	for _, r := range cfg.Repositories {
 		if r.SafetyNoneAllowed || len(r.UnsafeWindows) != 0 {
 			t.Errorf("%s: allowed %v, windows %q while safetyNone.allow is false", r.Name, r.SafetyNoneAllowed, r.UnsafeWindows)

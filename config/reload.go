@@ -16,7 +16,14 @@ package config
 //   - log.format: the log encoder is built once;
 //   - kubernetes.kubeconfig: the Kubernetes client (and the lease election
 //     that uses it) is built once; edits to the file itself are not
-//     watched either.
+//     watched either;
+//   - every lease key (lease.kind, lease.duration, lease.renewInterval,
+//     lease.holderIdentity, lease.kubernetes.namespace and namePrefix):
+//     leases held under the old settings would otherwise be renewed,
+//     released or looked for under new ones. lease.kind and the namespace
+//     are compared as resolved; lease.holderIdentity as configured, so a
+//     generated identity (new for every Parse) is no change: the reload
+//     path keeps the running one with next.InheritRuntime(old).
 //
 // Everything else (repositories added, removed or changed, schedules,
 // ownership policies, defaults, log.level, every safetyNone key) applies on
@@ -42,6 +49,16 @@ func CheckReload(old, next *Config) error {
 	changed("server.webConfigFile", old.Server.WebConfigFile, next.Server.WebConfigFile)
 	changed("log.format", old.Log.Format, next.Log.Format)
 	changed("kubernetes.kubeconfig", old.Kubernetes.Kubeconfig, next.Kubernetes.Kubeconfig)
+	changed("lease.kind", old.Lease.Kind, next.Lease.Kind)
+	if old.Lease.Duration != next.Lease.Duration {
+		p.add("lease.duration", "cannot be changed without a restart (was %s, now %s)", old.Lease.Duration, next.Lease.Duration)
+	}
+	if old.Lease.RenewInterval != next.Lease.RenewInterval {
+		p.add("lease.renewInterval", "cannot be changed without a restart (was %s, now %s)", old.Lease.RenewInterval, next.Lease.RenewInterval)
+	}
+	changed("lease.holderIdentity", old.Lease.configuredHolderIdentity(), next.Lease.configuredHolderIdentity())
+	changed("lease.kubernetes.namespace", old.Lease.Kubernetes.Namespace, next.Lease.Kubernetes.Namespace)
+	changed("lease.kubernetes.namePrefix", old.Lease.Kubernetes.NamePrefix, next.Lease.Kubernetes.NamePrefix)
 	if len(p.list) > 0 {
 		return &Error{Problems: p.list}
 	}

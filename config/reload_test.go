@@ -40,6 +40,11 @@ func TestCheckReload(t *testing.T) {
 			Server:         Server{ListenAddress: ":9810"},
 			Log:            Log{Level: "info", Format: "json"},
 			Repositories:   []Repository{{Name: "one"}},
+			Lease: Lease{
+				Kind: LeaseKindRepository, Duration: time.Minute, RenewInterval: 15 * time.Second,
+				HolderIdentity: "host-00000000", HolderIdentityGenerated: true,
+				Kubernetes: LeaseKubernetes{NamePrefix: "kopia-maintd-"},
+			},
 		}
 	}
 	for _, tc := range []struct {
@@ -67,6 +72,23 @@ func TestCheckReload(t *testing.T) {
 		}, ""},
 		{"kubeconfig", func(c *Config) { c.Kubernetes.Kubeconfig = "/etc/kube/config" },
 			`kubernetes.kubeconfig: cannot be changed without a restart (was "", now "/etc/kube/config")`},
+		{"generated holder identity", func(c *Config) {
+			c.Lease.HolderIdentity = "host-11111111"
+		}, ""},
+		{"lease", func(c *Config) {
+			c.Lease = Lease{
+				Kind:           LeaseKindKubernetes,
+				Duration:       2 * time.Minute,
+				RenewInterval:  30 * time.Second,
+				HolderIdentity: "pinned",
+				Kubernetes:     LeaseKubernetes{Namespace: "backup", NamePrefix: "maint-"},
+			}
+		}, `lease.kind: cannot be changed without a restart (was "repository", now "kubernetes")
+lease.duration: cannot be changed without a restart (was 1m0s, now 2m0s)
+lease.renewInterval: cannot be changed without a restart (was 15s, now 30s)
+lease.holderIdentity: cannot be changed without a restart (was "", now "pinned")
+lease.kubernetes.namespace: cannot be changed without a restart (was "", now "backup")
+lease.kubernetes.namePrefix: cannot be changed without a restart (was "kopia-maintd-", now "maint-")`},
 		{"identity", func(c *Config) { c.Identity.Hostname = "b" },
 			`identity: cannot be changed without a restart (was "maintd@a", now "maintd@b")`},
 		{"everything restart-only", func(c *Config) {

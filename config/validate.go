@@ -101,6 +101,7 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 	cfg.Kubernetes = resolveKubernetes(raw.Kubernetes, dir, p)
 	cfg.SafetyNone = resolveSafetyNone(raw.SafetyNone, cfg.Repositories, p)
 	applySafetyNone(cfg.SafetyNone, raw.Repositories, cfg.Repositories)
+	cfg.Lease = resolveLease(raw.Lease, cfg.Repositories, p)
 	return cfg
 }
 

@@ -27,6 +27,8 @@ type descs struct {
 
 	unsafeRuns, gateChecks *prometheus.Desc
 
+	leaseHeld, leaseAcquisitions, leaseLosses, leaseSkips *prometheus.Desc
+
 	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
 }
 
@@ -72,6 +74,11 @@ func newDescs(info BuildInfo) *descs {
 		unsafeRuns: d("unsafe_runs_total", "Maintenance runs with safety=none, and refused requests for one, by result (success, failure, refused, cancelled).", "repository", "result"),
 		gateChecks: d("gate_checks_total", "Verdicts of the safety=none gate's checks by check and result (pass, refuse, absent), across all repositories.", "check", "result"),
 
+		leaseHeld:         d("lease_held", "1 while this process holds the repository's lease.", "repository"),
+		leaseAcquisitions: d("lease_acquisitions_total", "Leases on the repository acquired by this process.", "repository"),
+		leaseLosses:       d("lease_losses_total", "Leases on the repository lost while held, by reason (expired, renew-failed, taken).", "repository", "reason"),
+		leaseSkips:        d("lease_skips_total", "Maintenance runs skipped because another process holds the repository's lease.", "repository"),
+
 		buildInfo: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "build_info"),
 			"Build information of kopia-maintd; the value is always 1.", nil,
 			prometheus.Labels{"version": info.Version, "goversion": runtime.Version(), "kopia": info.KopiaVersion}),
@@ -99,6 +106,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.indexBlobs, d.sessionMarkers, d.size,
 		d.ownerInfo, d.ownershipChanges,
 		d.unsafeRuns, d.gateChecks,
+		d.leaseHeld, d.leaseAcquisitions, d.leaseLosses, d.leaseSkips,
 		d.buildInfo, d.reloadOK, d.reloadTimestamp, d.repositories,
 	} {
 		ch <- desc
@@ -235,6 +243,15 @@ func (c *collector) samples() []prometheus.Metric {
 		for _, result := range sortedKeys(st.unsafeRuns) {
 			counter(d.unsafeRuns, st.unsafeRuns[result], name, result)
 		}
+
+		gauge(d.leaseHeld, boolValue(st.leaseHeld), name)
+		counter(d.leaseAcquisitions, st.leaseAcquisitions, name)
+
+		for _, reason := range sortedKeys(st.leaseLosses) {
+			counter(d.leaseLosses, st.leaseLosses[reason], name, reason)
+		}
+
+		counter(d.leaseSkips, st.leaseSkips, name)
 	}
 
 	return out

@@ -5,8 +5,9 @@
 // Metrics keeps one state record per repository, fed by the scheduler (the
 // Recorder methods RunStarted, RunFinished and NextRun), by the maintenance
 // runs (TaskStarted, Progress, TaskFinished, Health, Reclaim, Owner,
-// OwnershipChanged), by the safety=none gate (GateCheck, UnsafeRun) and by
-// the daemon (SetRepositories, ConfigReloaded). A
+// OwnershipChanged), by the safety=none gate (GateCheck, UnsafeRun), by the
+// leases (LeaseHeld, LeaseAcquired, LeaseLost, LeaseSkipped) and by the
+// daemon (SetRepositories, ConfigReloaded). A
 // prometheus.Collector turns that state into samples at scrape time, so a
 // repository dropped by SetRepositories leaves no series behind and the live
 // progress series exist only while a run is in flight. There are no globals
@@ -50,6 +51,9 @@ var (
 	// gateResults are the results of gate_checks_total (the gate's
 	// verdicts); a check's first count brings all of them at 0.
 	gateResults = []string{"pass", "refuse", "absent"}
+	// leaseLossReasons are the reasons of lease_losses_total, all exported
+	// from the start so that increase() sees the first loss.
+	leaseLossReasons = []string{"expired", "renew-failed", "taken"}
 )
 
 // durationBuckets are run_duration_seconds' upper bounds, 1 s to 8 h: quick
@@ -148,6 +152,14 @@ type repoState struct {
 	ownershipChanges map[string]float64
 	// unsafeRuns counts safety=none runs by result.
 	unsafeRuns map[string]float64
+
+	// leaseHeld is true while this process holds the repository's lease.
+	leaseHeld bool
+	// leaseAcquisitions and leaseSkips count acquired leases and runs
+	// skipped because another process held the lease.
+	leaseAcquisitions, leaseSkips float64
+	// leaseLosses counts leases lost while held, by reason.
+	leaseLosses map[string]float64
 }
 
 type cycleState struct {
@@ -213,6 +225,7 @@ func (m *Metrics) repo(repository string) *repoState {
 		tasks:            map[string]*taskState{},
 		ownershipChanges: map[string]float64{},
 		unsafeRuns:       map[string]float64{},
+		leaseLosses:      make(map[string]float64, len(leaseLossReasons)),
 	}
 	for _, c := range cycleNames {
 		st.cycle(c)
@@ -220,6 +233,10 @@ func (m *Metrics) repo(repository string) *repoState {
 
 	for _, r := range unsafeResults {
 		st.unsafeRuns[r] = 0
+	}
+
+	for _, r := range leaseLossReasons {
+		st.leaseLosses[r] = 0
 	}
 
 	m.repos[repository] = st
@@ -269,8 +286,9 @@ func (c *cycleState) observe(seconds float64) {
 // every reload. The state of every other repository is dropped, so their
 // series disappear from the next scrape, and later events about them are
 // ignored. A repository that is added gets runs_total and unsafe_runs_total
-// (zero for every result), in_progress, run_duration_seconds and the
-// deletion counters at once.
+// (zero for every result), in_progress, run_duration_seconds, the deletion
+// counters and the lease series (lease_held 0, the lease counters 0, every
+// reason of lease_losses_total) at once.
 func (m *Metrics) SetRepositories(names []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -508,6 +526,60 @@ func (m *Metrics) UnsafeRun(repository, result string) {
 
 	if st := m.repo(repository); st != nil {
 		st.unsafeRuns[result]++
+	}
+}
+
+// LeaseHeld records whether this process holds repository's lease now:
+// lease_held is 1 while it does. LeaseAcquired and LeaseLost set it as
+// well; call LeaseHeld(repository, false) when the lease is released.
+func (m *Metrics) LeaseHeld(repository string, held bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.leaseHeld = held
+	}
+}
+
+// LeaseAcquired counts a lease on repository acquired by this process (a
+// renewal is not an acquisition) and sets lease_held to 1.
+func (m *Metrics) LeaseAcquired(repository string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.leaseAcquisitions++
+		st.leaseHeld = true
+	}
+}
+
+// LeaseLost counts a lease on repository lost while held, by reason:
+// expired (the deadline passed before a renewal, e.g. after a pause),
+// renew-failed (a renewal failed) or taken (another holder has it now); it
+// sets lease_held to 0. A release (clean shutdown, end of a run) is not a
+// loss. An empty reason is ignored.
+func (m *Metrics) LeaseLost(repository, reason string) {
+	if reason == "" {
+		return
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.leaseLosses[reason]++
+		st.leaseHeld = false
+	}
+}
+
+// LeaseSkipped counts a maintenance run of repository skipped because
+// another process holds its lease.
+func (m *Metrics) LeaseSkipped(repository string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.leaseSkips++
 	}
 }
 

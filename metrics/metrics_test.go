@@ -324,6 +324,9 @@ func TestSetRepositoriesDropsSeries(t *testing.T) {
 		m.Owner(r, "x@y", false)
 		m.OwnershipChanged(r, "external")
 		m.NextRun(r, "quick", t0)
+		m.LeaseAcquired(r)
+		m.LeaseLost(r, "taken")
+		m.LeaseSkipped(r)
 	}
 
 	m.RunStarted("b", "quick", t0)
@@ -334,6 +337,10 @@ func TestSetRepositoriesDropsSeries(t *testing.T) {
 	m.NextRun("b", "quick", t0)
 	m.TaskFinished("b", Task{Name: "cleanup-logs", Success: true})
 	m.Owner("b", "x@y", false)
+	m.LeaseHeld("b", true)
+	m.LeaseAcquired("b")
+	m.LeaseLost("b", "expired")
+	m.LeaseSkipped("b")
 
 	mfs, err := m.Registry().Gather()
 	if err != nil {
@@ -449,6 +456,9 @@ func TestCollectorLint(t *testing.T) {
 	m.OwnershipChanged("a", "unowned")
 	m.GateCheck("backups", "refuse")
 	m.UnsafeRun("a", "refused")
+	m.LeaseAcquired("a")
+	m.LeaseLost("a", "renew-failed")
+	m.LeaseSkipped("a")
 
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {
