@@ -89,7 +89,7 @@ func (r *fakeRecorder) String() string {
 	return strings.Join(r.events, "; ")
 }
 
-type harness struct {
+type fixture struct {
 	clk      *testclock.FakeClock
 	backend  *fakeBackend
 	rec      *fakeRecorder
@@ -97,10 +97,10 @@ type harness struct {
 	renewals chan error
 }
 
-func newHarness(t *testing.T, d, renew, margin time.Duration) *harness {
+func newHarness(t *testing.T, d, renew, margin time.Duration) *fixture {
 	t.Helper()
 	clk := testclock.NewFakeClock(t0)
-	h := &harness{clk: clk, backend: &fakeBackend{clk: clk}, rec: &fakeRecorder{}, renewals: make(chan error, 1000)}
+	h := &fixture{clk: clk, backend: &fakeBackend{clk: clk}, rec: &fakeRecorder{}, renewals: make(chan error, 1000)}
 	m, err := New(Options{
 		Backend: h.backend, Holder: "me", Duration: d, RenewInterval: renew, Margin: margin,
 		Clock: clk, Logger: zaptest.NewLogger(t), Recorder: h.rec,
@@ -113,7 +113,7 @@ func newHarness(t *testing.T, d, renew, margin time.Duration) *harness {
 	return h
 }
 
-func (h *harness) acquire(t *testing.T, name string) *Held {
+func (h *fixture) acquire(t *testing.T, name string) *Held {
 	t.Helper()
 	held, err := h.m.Acquire(context.Background(), name)
 	if err != nil {
@@ -124,7 +124,7 @@ func (h *harness) acquire(t *testing.T, name string) *Held {
 }
 
 // step moves the clock and waits for the renewal that it triggers.
-func (h *harness) step(t *testing.T, d time.Duration) error {
+func (h *fixture) step(t *testing.T, d time.Duration) error {
 	t.Helper()
 	h.clk.Step(d)
 	select {

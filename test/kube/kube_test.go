@@ -26,6 +26,8 @@ const (
 	otherVeleroNS = "openshift-adp"
 	rbacRoleFile  = "deploy/base/role.yaml"
 	rbacBindFile  = "deploy/base/rolebinding.yaml"
+	leaseRoleFile = "deploy/base/lease-role.yaml"
+	leaseBindFile = "deploy/base/lease-rolebinding.yaml"
 )
 
 var (
@@ -218,7 +220,7 @@ spec:
 			_, err := dyn.Resource(deploymentsGVR).Namespace(veleroNS).Patch(ctx(t), "velero", "application/merge-patch+json", []byte(`{"spec":{"replicas":0}}`), metav1.PatchOptions{})
 			return err
 		}},
-		{"create lease (not granted yet)", func() error {
+		{"create lease in velero (the velero-reader Role grants no leases)", func() error {
 			_, err := dyn.Resource(leasesGVR).Namespace(veleroNS).Create(ctx(t), &unstructured.Unstructured{Object: map[string]any{
 				"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
 				"metadata": map[string]any{"name": "kopia-maintd"},
@@ -242,6 +244,81 @@ spec:
 			t.Errorf("discover %s %s with the daemon's token: %v", r.apiVersion, r.kind, err)
 		} else if m.Resource.Resource != r.resource {
 			t.Errorf("%s %s maps to %s, want %s", r.apiVersion, r.kind, m.Resource.Resource, r.resource)
+		}
+	}
+}
+
+// TestDeployLeaseRBAC applies deploy/base's Lease Role and RoleBinding as
+// they are (namespace-less: into default, as `kubectl apply -k deploy/base`
+// would) and checks with the daemon's token that it can create, get and
+// update Leases there, as the lease package does, and nothing else.
+func TestDeployLeaseRBAC(t *testing.T) {
+	t.Parallel()
+	k := startKube(t)
+	const ns = "default"
+	role := k.ApplyFile(t, leaseRoleFile)
+	binding := k.ApplyFile(t, leaseBindFile)
+	if len(role) != 1 || role[0].GetKind() != "Role" || role[0].GetNamespace() != ns {
+		t.Fatalf("%s: want one Role in %s, got %v", leaseRoleFile, ns, role)
+	}
+	if len(binding) != 1 || binding[0].GetKind() != "RoleBinding" || binding[0].GetNamespace() != ns {
+		t.Fatalf("%s: want one RoleBinding in %s, got %v", leaseBindFile, ns, binding)
+	}
+	dyn, _ := dynamicFromKubeconfig(t, k.ServiceAccountKubeconfig(t, ns, daemonSA))
+	leases := dyn.Resource(leasesGVR).Namespace(ns)
+	lease := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+		"metadata": map[string]any{"name": "kopia-maintd-main"},
+		"spec":     map[string]any{"holderIdentity": "a", "leaseDurationSeconds": int64(60)},
+	}}
+	created, err := leases.Create(ctx(t), lease, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create lease: %v", err)
+	}
+	got, err := leases.Get(ctx(t), "kopia-maintd-main", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get lease: %v", err)
+	}
+	_ = unstructured.SetNestedField(got.Object, "b", "spec", "holderIdentity")
+	if _, err := leases.Update(ctx(t), got, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update lease: %v", err)
+	}
+	// The resourceVersion check the lease package relies on.
+	if _, err := leases.Update(ctx(t), created, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+		t.Errorf("update with an old resourceVersion: err = %v, want Conflict", err)
+	}
+
+	forbidden := []struct {
+		what string
+		do   func() error
+	}{
+		{"list leases", func() error {
+			_, err := leases.List(ctx(t), metav1.ListOptions{})
+			return err
+		}},
+		{"watch leases", func() error {
+			_, err := leases.Watch(ctx(t), metav1.ListOptions{})
+			return err
+		}},
+		{"delete lease", func() error {
+			return leases.Delete(ctx(t), "kopia-maintd-main", metav1.DeleteOptions{})
+		}},
+		{"patch lease", func() error {
+			_, err := leases.Patch(ctx(t), "kopia-maintd-main", "application/merge-patch+json", []byte(`{"spec":{"holderIdentity":"c"}}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"get lease in velero", func() error {
+			_, err := dyn.Resource(leasesGVR).Namespace(veleroNS).Get(ctx(t), "kopia-maintd-main", metav1.GetOptions{})
+			return err
+		}},
+		{"list configmaps in default", func() error {
+			_, err := dyn.Resource(configMapsGVR).Namespace(ns).List(ctx(t), metav1.ListOptions{})
+			return err
+		}},
+	}
+	for _, f := range forbidden {
+		if err := f.do(); !apierrors.IsForbidden(err) {
+			t.Errorf("%s: err = %v, want Forbidden", f.what, err)
 		}
 	}
 }
