@@ -72,6 +72,8 @@ type Manager struct {
 	health map[string]*Health
 	// books remembers this daemon's write sessions per repository.
 	books map[string]*sessionBook
+	// fences guard storage writes while a lease is held.
+	fences map[string]*fence
 }
 
 var validName = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
@@ -102,7 +104,7 @@ func NewManager(opts Options, specs []Spec) (*Manager, error) {
 
 	registerHandleType()
 
-	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}, books: map[string]*sessionBook{}}
+	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}, books: map[string]*sessionBook{}, fences: map[string]*fence{}}
 	if err := m.Update(specs); err != nil {
 		return nil, err
 	}
@@ -143,6 +145,12 @@ func (m *Manager) Update(specs []Spec) error {
 			m.books[name] = book
 		}
 
+		fc := m.fences[name]
+		if fc == nil {
+			fc = &fence{log: m.log.With(zap.String("repository", name))}
+			m.fences[name] = fc
+		}
+
 		tracker := m.trackers[name]
 		if tracker == nil {
 			tracker = &atomic.Pointer[runTracker]{}
@@ -156,7 +164,7 @@ func (m *Manager) Update(specs []Spec) error {
 				return nil, err
 			}
 
-			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now}, nil
+			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now, fence: fc}, nil
 		})
 	}
 

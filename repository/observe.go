@@ -354,6 +354,7 @@ type trackingStorage struct {
 	tracker *atomic.Pointer[runTracker]
 	book    *sessionBook
 	now     func() time.Time
+	fence   *fence
 }
 
 func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func(blob.Metadata) error) error {
@@ -372,6 +373,10 @@ func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func
 }
 
 func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
+	if err := s.fence.pass("delete", id); err != nil {
+		return err
+	}
+
 	err := s.Storage.DeleteBlob(ctx, id)
 
 	if t := s.tracker.Load(); t != nil && err == nil {
@@ -389,6 +394,10 @@ func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
 }
 
 func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
+	if err := s.fence.pass("write", id); err != nil {
+		return err
+	}
+
 	// Remember the session before the blob exists, so a concurrent activity
 	// check never sees our own pack as another writer's.
 	s.book.record(id, s.now())
