@@ -377,8 +377,9 @@ func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, er
 }
 
 // HandBackOnExit hands ownership back for every repository whose spec asks
-// for it and that this daemon took over. Errors are logged per repository.
-func (m *Manager) HandBackOnExit(ctx context.Context) {
+// for it and that this daemon took over, each inside guard (the repository's
+// lease). Errors are logged per repository.
+func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context) error) error) {
 	for _, name := range m.Names() {
 		spec, err := m.spec(name)
 		if err != nil || !spec.Ownership.HandBackOnExit {
@@ -390,7 +391,11 @@ func (m *Manager) HandBackOnExit(ctx context.Context) {
 			continue
 		}
 
-		if _, err := m.HandBack(ctx, name, ""); err != nil {
+		err = guard(ctx, name, func(ctx context.Context) error {
+			_, err := m.HandBack(ctx, name, "")
+			return err
+		})
+		if err != nil {
 			m.log.Error("hand back ownership on exit", zap.String("repository", name), zap.Error(err))
 		}
 	}

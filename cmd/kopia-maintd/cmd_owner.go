@@ -37,7 +37,7 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 		return usagef("owner %s: --to applies only to hand-back", action)
 	}
 
-	cfg, _, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
+	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}
@@ -53,10 +53,25 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 	switch action {
 	case "show":
 		info, err = mgr.Owner(ctx, *name)
-	case "take":
-		info, err = mgr.TakeOwnership(ctx, *name)
-	case "hand-back":
-		info, err = mgr.HandBack(ctx, *name, *to)
+	default:
+		// Changing the owner writes to the repository: inside its lease,
+		// like every maintenance run.
+		lm, lerr := newLeases(cfg, mgr, nil, log.Named("lease"))
+		if lerr != nil {
+			return lerr
+		}
+
+		err = lm.with(ctx, *name, func(ctx context.Context) error {
+			var err error
+
+			if action == "take" {
+				info, err = mgr.TakeOwnership(ctx, *name)
+			} else {
+				info, err = mgr.HandBack(ctx, *name, *to)
+			}
+
+			return err
+		})
 	}
 
 	if err != nil {

@@ -57,6 +57,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 	met.SetRepositories(names(cfg))
 	met.ConfigReloaded(true, time.Now())
 
+	lm, err := newLeases(cfg, mgr, met, log.Named("lease"))
+	if err != nil {
+		return err
+	}
+
 	// The reloader owns the configuration in force; runs read it through
 	// current, so a reload applies to the next run.
 	var rl *reloader
@@ -68,7 +73,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Concurrency: cfg.Concurrency,
 		Maintainer: maintainer{
 			m: mgr, met: met, self: cfg.Identity.String(), owners: &owners{},
-			unsafe: newUnsafeRunner(cfg, mgr, met, log.Named("safety")), current: current,
+			unsafe: newUnsafeRunner(cfg, mgr, met, log.Named("safety")), current: current, leases: lm,
 		},
 		Recorder: met,
 	}, schedules(cfg))
@@ -132,7 +137,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	cleanupCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 
-	mgr.HandBackOnExit(cleanupCtx)
+	mgr.HandBackOnExit(cleanupCtx, lm.with)
 
 	stopServer()
 	wg.Wait()

@@ -59,16 +59,25 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	lm, err := newLeases(cfg, mgr, nil, log.Named("lease"))
+	if err != nil {
+		return err
+	}
+
 	var rep *repository.Report
 
-	var runErr error
+	runErr := lm.with(ctx, rc.Name, func(ctx context.Context) error {
+		var err error
 
-	if lvl == safety.None {
-		u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
-		rep, runErr = u.run(ctx, cfg, rc, requester(), req)
-	} else {
-		rep, runErr = mgr.Run(ctx, rc.Name, req)
-	}
+		if lvl == safety.None {
+			u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
+			rep, err = u.run(ctx, cfg, rc, requester(), req)
+		} else {
+			rep, err = mgr.Run(ctx, rc.Name, req)
+		}
+
+		return err
+	})
 	if rep != nil {
 		printReport(stdout, rep, runErr)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
@@ -227,6 +229,8 @@ type maintainer struct {
 	// configuration current returns (it follows reloads).
 	unsafe  *unsafeRunner
 	current func() *config.Config
+	// leases makes every run happen inside the repository's lease.
+	leases *leases
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
@@ -240,22 +244,30 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 		Observer:      obs,
 	}
 
-	var (
-		report *repository.Report
-		err    error
-	)
+	var report *repository.Report
 
-	if job.Unsafe {
-		cfg := a.current()
+	err := a.leases.with(ctx, job.Repository, func(ctx context.Context) error {
+		var err error
 
-		r, ferr := findRepository(cfg, job.Repository)
-		if ferr != nil {
-			return ferr
+		if job.Unsafe {
+			cfg := a.current()
+
+			r, ferr := findRepository(cfg, job.Repository)
+			if ferr != nil {
+				return ferr
+			}
+
+			report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
+		} else {
+			report, err = a.m.Run(ctx, job.Repository, req)
 		}
 
-		report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
-	} else {
-		report, err = a.m.Run(ctx, job.Repository, req)
+		return err
+	})
+
+	var held *lease.HeldError
+	if errors.As(err, &held) {
+		return err
 	}
 
 	observeReport(a.met, a.owners, a.self, job.Repository, report, err)

@@ -123,7 +123,7 @@ server:
 log: {level: info, format: json}
 %[4]s
 defaults:
-  schedule: {quick: "@every 2s", full: "@every 4s", jitter: 0s}
+  schedule: {quick: "@every 2s", full: "@every 12s", jitter: 0s}
   ownership: {takeover: if-unowned}
 repositories:
 `, dir, addr, probeAddr, extra)
