@@ -43,7 +43,9 @@ func (m *Manager) leaseStorage(ctx context.Context, name string) (blob.Storage, 
 		return nil, err
 	}
 
-	st, err := spec.Storage.openBlobStorage(ctx, false)
+	// With create, the lease is taken before the repository exists: the
+	// storage must be created (a filesystem directory) for the lease blob.
+	st, err := spec.Storage.openBlobStorage(ctx, spec.Create)
 	if err != nil {
 		return nil, fmt.Errorf("repository %q: open %s: %w", name, spec.Storage.Location(), err)
 	}

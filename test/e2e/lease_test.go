@@ -236,23 +236,63 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 
 			intervals = append(intervals, leaseIntervals(t, victim+"1", procs[victim].logs(), killed)...)
 
-			// The killed process restarts: a new holder, same state.
+			// The killed process restarts (a new holder identity, the same
+			// state). Then the current holder stops cleanly: it releases
+			// its lease and the restarted process takes over.
 			procs[victim] = startDaemon(t, cfgs[victim], "")
+
+			for time.Since(start) < 45*time.Second {
+				time.Sleep(time.Second)
+			}
+
+			// Stop whichever process takes the lease next.
+			offs = map[string]int{"a": len(procs["a"].logs()), "b": len(procs["b"].logs())}
+			holder := ""
+
+			for holder == "" {
+				for p, d := range procs {
+					if strings.Contains(d.logs()[offs[p]:], `"msg":"lease acquired"`) {
+						holder = p
+					}
+				}
+
+				time.Sleep(10 * time.Millisecond)
+			}
+
+			taker := map[string]string{"a": "b", "b": "a"}[holder]
+			takerOff := len(procs[taker].logs())
+
+			if err := procs[holder].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+
+			stopped := time.Now()
+			<-procs[holder].done
+
+			if procs[holder].err != nil {
+				t.Errorf("%s exit after SIGTERM: %v", holder, procs[holder].err)
+			}
+
+			waitLog(t, procs[taker], takerOff, 20*time.Second, `"msg":"lease acquired"`)
+			handover = time.Since(stopped)
+			t.Logf("holder %s stopped cleanly; %s took the lease %s later", holder, taker, handover.Round(10*time.Millisecond))
+
+			if handover > 6*time.Second+500*time.Millisecond {
+				t.Errorf("handover after a clean stop took %s, want within duration + renewInterval", handover)
+			}
 
 			for time.Since(start) < 62*time.Second {
 				time.Sleep(time.Second)
 			}
 
-			for p, d := range procs {
-				if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-					t.Fatal(err)
-				}
+			if err := procs[taker].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
 
-				<-d.done
+			<-procs[taker].done
 
-				if d.err != nil {
-					t.Errorf("%s exit after SIGTERM: %v", p, d.err)
-				}
+			if procs[taker].err != nil {
+				t.Errorf("%s exit after SIGTERM: %v", taker, procs[taker].err)
 			}
 
 			for p, d := range procs {
