@@ -275,7 +275,7 @@ func (m *Manager) kopiaContext(ctx context.Context, log *zap.Logger) context.Con
 // open connects (once per storage, creating the repository when the spec asks
 // for it) and opens the repository.
 func (m *Manager) open(ctx context.Context, name string) (*session, error) {
-	return m.openWith(ctx, name, nil)
+	return m.openWith(ctx, name, nil, false)
 }
 
 // tracker returns the slot for the run in flight of a repository.
@@ -287,8 +287,9 @@ func (m *Manager) tracker(name string) *atomic.Pointer[runTracker] {
 }
 
 // openWith opens the repository, sending kopia's content log to contentLog
-// when it is not nil.
-func (m *Manager) openWith(ctx context.Context, name string, contentLog io.Writer) (*session, error) {
+// when it is not nil. Only maintenance runs pass create: they hold the
+// repository's lease, and creating a repository is a write like any other.
+func (m *Manager) openWith(ctx context.Context, name string, contentLog io.Writer, create bool) (*session, error) {
 	spec, err := m.spec(name)
 	if err != nil {
 		return nil, err
@@ -303,6 +304,10 @@ func (m *Manager) openWith(ctx context.Context, name string, contentLog io.Write
 
 	ctx, cancel := context.WithCancel(ctx)
 	kctx := m.kopiaContext(ctx, log)
+
+	if !create {
+		spec.Create = false
+	}
 
 	if err := m.connect(kctx, spec, password, log); err != nil {
 		cancel()

@@ -158,7 +158,7 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		defer slot.Store(nil)
 	}
 
-	s, err := m.openWith(ctx, name, tracker)
+	s, err := m.openWith(ctx, name, tracker, true)
 	if err != nil {
 		return nil, err
 	}
@@ -486,6 +486,12 @@ func logTask(log *zap.Logger, t TaskResult) {
 func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full time.Time, err error) {
 	s, err := m.open(ctx, name)
 	if err != nil {
+		notYet := errors.Is(err, ErrNoRepository) || errors.Is(err, os.ErrNotExist)
+		if spec, serr := m.spec(name); serr == nil && spec.Create && notYet {
+			// Not created yet: the first run creates it, inside its lease.
+			return time.Time{}, time.Time{}, nil
+		}
+
 		return time.Time{}, time.Time{}, err
 	}
 	defer s.Close()
