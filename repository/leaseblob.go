@@ -92,18 +92,29 @@ func (m *Manager) PutLeaseBlob(ctx context.Context, name, holder string) (LeaseB
 
 	id := leaseBlobID(holder)
 
-	var written time.Time
-	if err := st.PutBlob(ctx, id, byteSlice(payload), blob.PutOptions{GetModTime: &written}); err != nil {
+	if err := st.PutBlob(ctx, id, byteSlice(payload), blob.PutOptions{}); err != nil {
 		return LeaseBlob{}, fmt.Errorf("repository %q: write lease blob: %w", name, err)
 	}
 
-	if written.IsZero() {
-		bm, err := st.GetMetadata(ctx, id)
-		if err != nil {
-			return LeaseBlob{}, fmt.Errorf("repository %q: read lease blob time: %w", name, err)
+	// Our write time must come from the same source as the other holders'
+	// (a listing): S3 metadata lookups round to whole seconds where
+	// listings carry milliseconds, and mixing the two made two writers in
+	// the same second each believe it wrote first.
+	var written time.Time
+
+	err = st.ListBlobs(ctx, id, func(bm blob.Metadata) error {
+		if bm.BlobID == id {
+			written = bm.Timestamp
 		}
 
-		written = bm.Timestamp
+		return nil
+	})
+	if err != nil {
+		return LeaseBlob{}, fmt.Errorf("repository %q: read lease blob time: %w", name, err)
+	}
+
+	if written.IsZero() {
+		return LeaseBlob{}, fmt.Errorf("repository %q: lease blob %s not listed after writing it", name, id)
 	}
 
 	return LeaseBlob{Holder: strings.TrimPrefix(string(id), LeaseBlobPrefix), Written: written}, nil

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,87 +15,6 @@ import (
 
 	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
-
-// leaseEvent is one "lease acquired / released / lost" line of a daemon.
-type leaseEvent struct {
-	at  time.Time
-	msg string
-}
-
-// leaseInterval is a stretch of time in which one process believed it held
-// a repository's lease.
-type leaseInterval struct {
-	proc       string
-	start, end time.Time
-}
-
-// leaseIntervals parses a daemon's log into the intervals it held leases;
-// an interval still open at the end closes at end (a killed process).
-func leaseIntervals(t *testing.T, proc, logs string, end time.Time) []leaseInterval {
-	t.Helper()
-
-	var (
-		out  []leaseInterval
-		open *leaseInterval
-	)
-
-	for _, line := range strings.Split(logs, "\n") {
-		if !strings.Contains(line, `"logger":"lease"`) {
-			continue
-		}
-
-		var l struct {
-			TS  string `json:"ts"`
-			Msg string `json:"msg"`
-		}
-
-		if err := json.Unmarshal([]byte(line), &l); err != nil {
-			continue
-		}
-
-		at, err := time.Parse("2006-01-02T15:04:05.000Z0700", l.TS)
-		if err != nil {
-			t.Fatalf("log time %q: %v", l.TS, err)
-		}
-
-		switch l.Msg {
-		case "lease acquired":
-			if open != nil {
-				t.Fatalf("%s: lease acquired twice without a release:\n%s", proc, line)
-			}
-
-			open = &leaseInterval{proc: proc, start: at}
-		case "lease released", "lease lost":
-			if open != nil {
-				open.end = at
-				out = append(out, *open)
-				open = nil
-			}
-		}
-	}
-
-	if open != nil {
-		open.end = end
-		out = append(out, *open)
-	}
-
-	return out
-}
-
-// assertDisjoint fails when intervals of different processes overlap.
-func assertDisjoint(t *testing.T, all []leaseInterval) {
-	t.Helper()
-
-	sort.Slice(all, func(i, j int) bool { return all[i].start.Before(all[j].start) })
-
-	for i := 1; i < len(all); i++ {
-		prev, cur := all[i-1], all[i]
-		if cur.proc != prev.proc && cur.start.Before(prev.end) {
-			t.Errorf("overlap: %s held the lease %s .. %s, %s from %s", prev.proc,
-				prev.start.Format("15:04:05.000"), prev.end.Format("15:04:05.000"), cur.proc, cur.start.Format("15:04:05.000"))
-		}
-	}
-}
 
 // leaseConfig is a daemon config for one repository with a repository-kind
 // lease of 4s renewed every second and cycles every second or three.
@@ -196,7 +114,7 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 
 			start := time.Now()
 
-			var intervals []leaseInterval
+			var intervals []klInterval
 
 			// After 20s, SIGKILL whichever process takes the lease next.
 			time.Sleep(20 * time.Second)
@@ -234,7 +152,7 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 				t.Errorf("handover after SIGKILL took %s, want within duration + renewInterval", handover)
 			}
 
-			intervals = append(intervals, leaseIntervals(t, victim+"1", procs[victim].logs(), killed)...)
+			intervals = append(intervals, klIntervals(t, victim+"1", procs[victim].logs(), killed)...)
 
 			// The killed process restarts (a new holder identity, the same
 			// state). Then the current holder stops cleanly: it releases
@@ -301,7 +219,7 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 					label += "2"
 				}
 
-				intervals = append(intervals, leaseIntervals(t, label, d.logs(), time.Now())...)
+				intervals = append(intervals, klIntervals(t, label, d.logs(), time.Now())...)
 			}
 
 			held := map[string]int{}
@@ -317,7 +235,9 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 				}
 			}
 
-			assertDisjoint(t, intervals)
+			if pairs, overlaps := klAssertDisjoint(t, intervals); overlaps > 0 || pairs == 0 {
+				t.Errorf("%d overlaps among %d pairs of intervals of different processes", overlaps, pairs)
+			}
 
 			if !strings.Contains(procs[other].logs()+procs[victim].logs(), "another process holds the repository's lease") {
 				t.Error("no run was skipped with a Warn naming the holder")
