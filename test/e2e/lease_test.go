@@ -96,6 +96,9 @@ func TestLeaseTwoDaemonsNeverOverlap(t *testing.T) {
 
 	for _, name := range []string{"filesystem", "minio"} {
 		t.Run(name, func(t *testing.T) {
+			// Each backend runs over a minute, mostly waiting: side by side.
+			t.Parallel()
+
 			dir := t.TempDir()
 			writeFile(t, dir, "password", password)
 			storage := backends[name](t, dir)
