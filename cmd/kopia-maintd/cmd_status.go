@@ -11,7 +11,6 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/kopia-maintd/kopia-maintd/config"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
@@ -45,14 +44,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	repos := cfg.Repositories
-	if *only != "" {
-		r, err := findRepository(cfg, *only)
-		if err != nil {
-			return err
-		}
-
-		repos = []config.Repository{r}
+	repos, err := repositoriesFor(cfg, *only)
+	if err != nil {
+		return err
 	}
 
 	ctx := context.Background()

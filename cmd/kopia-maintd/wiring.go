@@ -202,6 +202,20 @@ func findRepository(cfg *config.Config, name string) (config.Repository, error) 
 	return config.Repository{}, usagef("no repository %q in the configuration", name)
 }
 
+// repositoriesFor returns the configured repositories, or only the one named.
+func repositoriesFor(cfg *config.Config, only string) ([]config.Repository, error) {
+	if only == "" {
+		return cfg.Repositories, nil
+	}
+
+	r, err := findRepository(cfg, only)
+	if err != nil {
+		return nil, err
+	}
+
+	return []config.Repository{r}, nil
+}
+
 // runRequest is what the scheduler would pass for a run of cycle now.
 func runRequest(r config.Repository, cycle repository.Cycle, now time.Time) (repository.RunRequest, error) {
 	nq, nf, err := scheduler.NextTimes(schedulerRepo(r), now)
