@@ -3,13 +3,11 @@ package repository
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/kopia/kopia/repo/blob"
 	"github.com/kopia/kopia/repo/maintenance"
-	"go.uber.org/zap"
 )
 
 func TestSafeDropTimeMirrorsKopia(t *testing.T) {
@@ -111,18 +109,7 @@ func TestReclaimPredictionMatchesKopia(t *testing.T) {
 	clk := &fakeClock{t: start}
 	st := newMemStorage(clk.Now)
 
-	m, err := NewManager(Options{
-		StateDirectory: filepath.Join(t.TempDir(), "state"),
-		Identity:       Identity{Username: "maintd", Hostname: "sim"},
-		Logger:         zap.NewNop(),
-		Now:            clk.Now,
-	}, []Spec{{
-		Name: "r", Storage: CustomStorage(func(context.Context) (blob.Storage, error) { return st, nil }),
-		Password: staticPassword(testPassword), Create: true, Ownership: Ownership{Policy: PolicyNever},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newSimManager(t, clk, st)
 
 	nextMidnight := func(t time.Time) time.Time { return t.Truncate(24 * time.Hour).Add(24 * time.Hour) }
 	run := func(cycle Cycle) *Report {

@@ -24,11 +24,10 @@ type unsafeFixture struct {
 	writer *testClient
 }
 
-func newUnsafeFixture(t *testing.T) *unsafeFixture {
+// newSimManager returns a manager of one repository "r" on st, which it
+// creates and owns, with kopia and the manager on clk.
+func newSimManager(t *testing.T, clk *fakeClock, st *memStorage) *Manager {
 	t.Helper()
-
-	clk := &fakeClock{t: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC), tick: time.Millisecond}
-	st := newMemStorage(clk.Now)
 
 	m, err := NewManager(Options{
 		StateDirectory: filepath.Join(t.TempDir(), "state"),
@@ -42,6 +41,17 @@ func newUnsafeFixture(t *testing.T) *unsafeFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	return m
+}
+
+func newUnsafeFixture(t *testing.T) *unsafeFixture {
+	t.Helper()
+
+	clk := &fakeClock{t: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC), tick: time.Millisecond}
+	st := newMemStorage(clk.Now)
+
+	m := newSimManager(t, clk, st)
 
 	f := &unsafeFixture{t: t, clk: clk, st: st, m: m}
 	f.run(Quick, nil)
