@@ -166,7 +166,8 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Held, error) {
 	at, err := m.opts.Backend.TryAcquire(ctx, name, m.opts.Holder, m.opts.Duration)
 	if err != nil {
 		m.forget(name)
-		if _, ok := errors.AsType[*HeldError](err); ok {
+		if he, ok := errors.AsType[*HeldError](err); ok {
+			he.Retry = max(m.opts.Duration-he.Age, 0) + m.opts.RenewInterval
 			return nil, err
 		}
 		return nil, fmt.Errorf("acquire lease %q: %w", name, err)

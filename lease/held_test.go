@@ -450,6 +450,13 @@ func TestAcquireHeld(t *testing.T) {
 	if _, err := h.m.Acquire(context.Background(), "b"); err != other {
 		t.Fatalf("Acquire of a lease another holder has: %v, want %v", err, other)
 	}
+	// Renewed 3s ago: stale 57s from now, worth a look one renewal later.
+	if got, want := other.RetryAfter(), 72*time.Second; got != want {
+		t.Errorf("RetryAfter of a lease renewed 3s ago: %v, want %v", got, want)
+	}
+	if he, _ := errors.AsType[*HeldError](err); he.RetryAfter() != 0 {
+		t.Errorf("RetryAfter of a lease this process holds: %v, want 0", he.RetryAfter())
+	}
 	h.backend.mu.Lock()
 	h.backend.acquireErr = nil
 	h.backend.mu.Unlock()

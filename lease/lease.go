@@ -48,6 +48,10 @@ type HeldError struct {
 	Holder string
 	// Age is how long ago the holder last renewed, as far as known.
 	Age time.Duration
+	// Retry is when, from now, the lease is worth trying again: one
+	// renewal after it goes stale if its holder stops renewing now. Zero
+	// when this process itself holds it.
+	Retry time.Duration
 }
 
 func (e *HeldError) Error() string {
@@ -56,3 +60,9 @@ func (e *HeldError) Error() string {
 
 // Skipped makes the scheduler count a run another process holds as skipped.
 func (e *HeldError) Skipped() bool { return true }
+
+// RetryAfter tells the scheduler to look again after Retry rather than only
+// at the next slot: if the holder died during its run, the run is picked up
+// once the lease is stale; if it finished, the next attempt finds the work
+// done.
+func (e *HeldError) RetryAfter() time.Duration { return e.Retry }

@@ -41,7 +41,29 @@ type RunRequest struct {
 	// Unsafe, when set, makes this full cycle run with kopia's SafetyNone
 	// parameters. The caller must have passed the safety=none gate.
 	Unsafe *UnsafeRun
+	// Covered, when set, is asked, before anything is written, with the end
+	// of the last successful run of this cycle recorded in the repository
+	// (a full cycle counts for quick; zero for never). Returning true skips
+	// the run with a *DoneError: another process did the work meanwhile.
+	Covered func(lastSuccess time.Time) bool
 }
+
+// DoneError reports a run skipped because the repository's history shows
+// the cycle succeeded after the run became due (see RunRequest.Covered).
+type DoneError struct {
+	Repository string
+	Cycle      Cycle
+	// LastSuccess is when that successful run ended.
+	LastSuccess time.Time
+}
+
+func (e *DoneError) Error() string {
+	return fmt.Sprintf("repository %q: %s cycle already done by another process (succeeded at %s)",
+		e.Repository, e.Cycle, e.LastSuccess.UTC().Format(time.RFC3339))
+}
+
+// Skipped makes the scheduler count the run as skipped.
+func (e *DoneError) Skipped() bool { return true }
 
 // UnsafeRun is what a SafetyNone cycle needs to keep proving, from the
 // repository, that nobody else writes.
@@ -186,6 +208,18 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 	sched, err := s.schedule()
 	if err != nil {
 		return nil, err
+	}
+
+	if req.Covered != nil && req.Unsafe == nil {
+		quick, full := lastCycleSuccess(sched.Runs)
+		last := quick
+		if req.Cycle == Full {
+			last = full
+		}
+
+		if req.Covered(last) {
+			return nil, &DoneError{Repository: name, Cycle: req.Cycle, LastSuccess: last}
+		}
 	}
 
 	tracker.baseline(sched)

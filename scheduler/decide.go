@@ -72,6 +72,30 @@ func isSkipped(err error) bool {
 	return false
 }
 
+// retrier is implemented by skipped errors that ask for a follow-up before the next slot.
+type retrier interface{ RetryAfter() time.Duration }
+
+// retryAfter returns the first positive RetryAfter in err's chain (including joined errors).
+func retryAfter(err error) time.Duration {
+	if err == nil {
+		return 0
+	}
+	if r, ok := err.(retrier); ok && r.RetryAfter() > 0 {
+		return r.RetryAfter()
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return retryAfter(u.Unwrap())
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if d := retryAfter(e); d > 0 {
+				return d
+			}
+		}
+	}
+	return 0
+}
+
 // classify maps the error of a finished run to its result. shuttingDown is true when the
 // scheduler's context was done by the time the run returned.
 func classify(err error, shuttingDown bool) Result {

@@ -374,3 +374,27 @@ func TestNewRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestEveryAlignedAcrossStarts: replicas started at different moments agree on the slots of an
+// @every schedule, and they are the multiples of its duration since the epoch.
+func TestEveryAlignedAcrossStarts(t *testing.T) {
+	r := Repository{Name: "r", Quick: "@every 7s", Full: "@every 90m"}
+	base := time.Date(2026, 11, 21, 9, 0, 3, 250_000_000, time.UTC)
+	var first [2]time.Time
+	for i, offset := range []time.Duration{0, 500 * time.Millisecond, 1700 * time.Millisecond} {
+		c, err := compile(r, base.Add(offset))
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := nextSlot(c.scheds[quickIdx], 0, base.Add(offset))
+		f := nextSlot(c.scheds[fullIdx], 0, base.Add(offset))
+		if q.Unix()%7 != 0 || q.Nanosecond() != 0 || f.Unix()%(90*60) != 0 {
+			t.Errorf("start +%v: slots %v, %v are not multiples of 7s and 90m since the epoch", offset, q, f)
+		}
+		if i == 0 {
+			first = [2]time.Time{q, f}
+		} else if !q.Equal(first[0]) || !f.Equal(first[1]) {
+			t.Errorf("start +%v: slots %v, %v; a replica started at +0 has %v, %v", offset, q, f, first[0], first[1])
+		}
+	}
+}

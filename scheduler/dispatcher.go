@@ -51,6 +51,8 @@ type coverage struct {
 type cycleState struct {
 	next    time.Time
 	catchUp bool // the run at next is a catch-up
+	// due, when set, makes the run at next a follow-up of a skipped run that was due then.
+	due time.Time
 }
 
 // runDone reports a returned run to the dispatcher.
@@ -227,6 +229,18 @@ func (d *dispatcher) noticeWindows(now time.Time) {
 // start starts the due cycle of st.
 func (d *dispatcher) start(st *repoState, now time.Time) {
 	idx, unsafe, _ := st.dueCycle(now)
+	// When the run became due: its slot (the window's for an unsafe run), or the slot of the
+	// skipped run this one follows up.
+	due := st.cycles[idx].next
+	switch {
+	case unsafe:
+		due = st.unsafe.next
+	case !st.cycles[idx].due.IsZero():
+		due = st.cycles[idx].due
+	}
+	if due.IsZero() || due.After(now) {
+		due = now
+	}
 	next := [2]time.Time{st.cycles[quickIdx].next, st.cycles[fullIdx].next}
 	st.covered = [2]*coverage{}
 	switch {
@@ -250,6 +264,7 @@ func (d *dispatcher) start(st *repoState, now time.Time) {
 	}
 	job := Job{
 		Repository:    st.name,
+		Due:           due,
 		Cycle:         cycles[idx],
 		NextQuick:     next[quickIdx],
 		NextFull:      next[fullIdx],
@@ -322,7 +337,15 @@ func (d *dispatcher) finish(r runDone) {
 		log.Error("maintenance run finished", zap.Error(r.err), zap.Time("retry_at", retry), zap.Int("consecutive_failures", st.failures))
 	case Skipped:
 		// Counted from the end, not the start, so a slow refusal is not retried at once.
-		d.setNext(st, idx, nextSlot(sched, st.c.jitter, r.finished), false)
+		next := nextSlot(sched, st.c.jitter, r.finished)
+		if ra := retryAfter(r.err); ra > 0 && r.finished.Add(ra).Before(next) {
+			// A follow-up of the same due run: it keeps the catch-up flag and the Due.
+			d.setNext(st, idx, r.finished.Add(ra), r.job.CatchUp)
+			st.cycles[idx].due = r.job.Due
+			log.Warn("maintenance run finished", zap.Error(r.err), zap.Time("follow_up", st.cycles[idx].next))
+			break
+		}
+		d.setNext(st, idx, next, false)
 		log.Warn("maintenance run finished", zap.Error(r.err), zap.Time("next_run", st.cycles[idx].next))
 	case Cancelled:
 		if shuttingDown {
@@ -389,6 +412,7 @@ func (d *dispatcher) setNext(st *repoState, i int, at time.Time, catchUp bool) {
 		return
 	}
 	st.cycles[i].next = at
+	st.cycles[i].due = time.Time{}
 	if st.removed {
 		return
 	}

@@ -109,6 +109,30 @@ func (c compiled) nextWindow(after time.Time) time.Time {
 	return t
 }
 
+// parseSpec parses a cron spec. An `@every d` spec fires at the multiples of d since the Unix
+// epoch rather than d after whenever the process started: replicas sharing a configuration, and
+// a daemon before and after a restart, then agree on its slots.
+func parseSpec(spec string) (cron.Schedule, error) {
+	sched, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, err
+	}
+	if every, ok := sched.(cron.ConstantDelaySchedule); ok {
+		return alignedEvery(every.Delay), nil
+	}
+	return sched, nil
+}
+
+// alignedEvery fires at the multiples of its duration (whole seconds, as robfig/cron's @every)
+// since the Unix epoch.
+type alignedEvery time.Duration
+
+// Next returns the first multiple of the duration since the epoch strictly after t.
+func (e alignedEvery) Next(t time.Time) time.Time {
+	d := time.Duration(e)
+	return time.Unix(0, 0).Add(t.Sub(time.Unix(0, 0)).Truncate(d) + d).In(t.Location())
+}
+
 // compile parses and validates r; now is only used to check that the schedules ever fire.
 func compile(r Repository, now time.Time) (compiled, error) {
 	if r.Name == "" {
@@ -116,7 +140,7 @@ func compile(r Repository, now time.Time) (compiled, error) {
 	}
 	c := compiled{repo: r, jitter: JitterFor(r.Name, r.Jitter)}
 	for i, spec := range [...]string{r.Quick, r.Full} {
-		sched, err := cron.ParseStandard(spec)
+		sched, err := parseSpec(spec)
 		if err != nil {
 			return compiled{}, fmt.Errorf("repository %q: parse %s schedule %q: %w", r.Name, cycles[i], spec, err)
 		}
@@ -126,7 +150,7 @@ func compile(r Repository, now time.Time) (compiled, error) {
 		c.scheds[i] = sched
 	}
 	for _, spec := range r.UnsafeWindows {
-		sched, err := cron.ParseStandard(spec)
+		sched, err := parseSpec(spec)
 		if err != nil {
 			return compiled{}, fmt.Errorf("repository %q: parse unsafe window %q: %w", r.Name, spec, err)
 		}

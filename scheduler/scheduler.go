@@ -50,6 +50,10 @@ type Job struct {
 	// CatchUp is true when this run was started because the last success is older than the
 	// interval (or unknown), rather than by a cron slot.
 	CatchUp bool
+	// Due is when this run became due: its cron slot plus jitter, or the catch-up time. A
+	// follow-up of a skipped run (see Maintainer) keeps the Due of the run it follows, so that
+	// the Maintainer can tell whether another process did the work meanwhile.
+	Due time.Time
 	// Unsafe is true for a full cycle (Cycle is Full) started by an unsafe window slot: the
 	// Maintainer is to run it with safety=none if, and only if, its gate allows it now; this
 	// package proves nothing. The Recorder sees it as a full cycle.
@@ -71,7 +75,10 @@ type Job struct {
 // Maintainer does the maintenance work the scheduler decides on.
 //
 // A Run error whose chain contains an error with a method `Skipped() bool` returning true is a
-// skipped run (e.g. not the maintenance owner): result Skipped, no backoff, logged at Warn. A Run
+// skipped run (e.g. not the maintenance owner): result Skipped, no backoff, logged at Warn. If the
+// chain also holds an error with a method `RetryAfter() time.Duration` returning d > 0 (e.g. the
+// repository's lease is held by another process), the cycle is tried again d after the run
+// returned, or at its next slot if that comes first, as a follow-up carrying the same Job.Due. A Run
 // error that is context.Canceled, or any error returned after the scheduler's context is done, is
 // Cancelled. The scheduler logs every Run error itself; the Maintainer should not log it again.
 type Maintainer interface {

@@ -342,11 +342,12 @@ func TestCronAndJitter(t *testing.T) {
 
 	calls := h.runUntil(at(3 * time.Hour))
 	wantCalls(t, calls,
-		"b quick at 55m0s", // @every counts from the start
+		"b quick at 45m0s", // @every fires at multiples of 45m since the epoch, not 45m after start
 		fmt.Sprintf("a quick at %v", time.Hour+j),
-		"b quick at 1h40m0s",
+		"b quick at 1h30m0s",
 		fmt.Sprintf("a quick at %v", 2*time.Hour+j),
-		"b quick at 2h25m0s",
+		"b quick at 2h15m0s",
+		"b quick at 3h0m0s",
 	)
 
 	// At 08:00+j both cycles of a are due: the full cycle runs and covers the quick one.
@@ -764,5 +765,66 @@ func TestUpdate(t *testing.T) {
 	}
 	if _, _, ok := h.s.Next("b"); !ok {
 		t.Error("a rejected Update changed the repository set")
+	}
+}
+
+// heldError is a skip that asks for a follow-up, as a lease another process holds does.
+type heldError struct{ retry time.Duration }
+
+func (heldError) Error() string               { return "lease held by replica-b" }
+func (heldError) Skipped() bool               { return true }
+func (e heldError) RetryAfter() time.Duration { return e.retry }
+
+func TestSkippedFollowUp(t *testing.T) {
+	start := at(30 * time.Second)
+	h := newHarness(t, start, 2)
+	h.recent("a")
+	var mu sync.Mutex
+	var dues []time.Duration
+	skips := 2
+	h.m.result = func(j Job) error {
+		mu.Lock()
+		defer mu.Unlock()
+		dues = append(dues, j.Due.Sub(day0))
+		if skips > 0 {
+			skips--
+			return fmt.Errorf("acquire: %w", heldError{retry: 75 * time.Second})
+		}
+		return nil
+	}
+	h.start(Repository{Name: "a", Quick: "@hourly", Full: "@daily"})
+
+	// The 1h slot is skipped twice; each follow-up comes 75s after the skip and carries the
+	// slot's Due, then the run succeeds and the next one is the 2h slot.
+	wantCalls(t, h.runUntil(at(hm(2, 0))),
+		"a quick at 1h0m0s", "a quick at 1h1m15s", "a quick at 1h2m30s", "a quick at 2h0m0s")
+	mu.Lock()
+	if want := []time.Duration{time.Hour, time.Hour, time.Hour, 2 * time.Hour}; !slices.Equal(dues, want) {
+		t.Errorf("Job.Due of the runs: %v, want %v", dues, want)
+	}
+	mu.Unlock()
+	follow := h.logs.FilterMessage("maintenance run finished").FilterField(zap.Time("follow_up", at(hm(1, 1)+15*time.Second))).Len()
+	if follow != 1 {
+		t.Errorf("%d Warn lines naming the follow-up at 1h1m15s, want 1", follow)
+	}
+
+	// A follow-up later than the next slot is not made: the slot comes first, with its own Due.
+	h.m.setResult(func(j Job) error {
+		mu.Lock()
+		defer mu.Unlock()
+		dues = append(dues, j.Due.Sub(day0))
+		return heldError{retry: 2 * time.Hour}
+	})
+	mu.Lock()
+	dues = nil
+	mu.Unlock()
+	wantCalls(t, h.runUntil(at(hm(3, 30))), "a quick at 3h0m0s")
+	mu.Lock()
+	if want := []time.Duration{3 * time.Hour}; !slices.Equal(dues, want) {
+		t.Errorf("Job.Due of the runs: %v, want %v", dues, want)
+	}
+	mu.Unlock()
+	if q, _, _ := h.s.Next("a"); !q.Equal(at(4 * time.Hour)) {
+		t.Errorf("after a skip asking for a retry past the slot, quick is next at %v, want 4h", q.Sub(day0))
 	}
 }

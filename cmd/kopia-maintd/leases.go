@@ -15,6 +15,7 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
+	"github.com/kopia-maintd/kopia-maintd/scheduler"
 )
 
 // leases holds the process' lease manager: every maintenance run, scheduled
@@ -25,7 +26,18 @@ type leases struct {
 	mgr *repository.Manager
 	met *metrics.Metrics // nil in one-shot commands
 	log *zap.Logger
+	// spread makes scheduled runs favour the least busy replica.
+	spread *lease.Spread
 }
+
+// The spread wait of scheduled runs: half a second times log2(1 + the other
+// repositories this process ran within their last interval and a half), at
+// most 4s. Half a second is well beyond what one list and one write of a
+// lease take, so an idle replica has its lease before a busier one looks.
+const (
+	spreadStep = 500 * time.Millisecond
+	spreadMax  = 4 * time.Second
+)
 
 // newLeases builds the lease manager the configuration asks for.
 func newLeases(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics, log *zap.Logger) (*leases, error) {
@@ -72,7 +84,7 @@ func newLeases(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics
 		return nil, err
 	}
 
-	return &leases{lm: lm, mgr: mgr, met: met, log: log}, nil
+	return &leases{lm: lm, mgr: mgr, met: met, log: log, spread: lease.NewSpread(spreadStep, spreadMax)}, nil
 }
 
 func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
@@ -133,6 +145,52 @@ func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Cont
 			zap.String("repository", name), zap.NamedError("cause", cause), zap.Int64("fenced_operations", l.mgr.FencedOperations(name)))
 
 		return fmt.Errorf("repository %q: %w: %v: %w", name, errLeaseLost, cause, context.Canceled)
+	}
+
+	return err
+}
+
+// scheduled runs a scheduled job inside its repository's lease, after the
+// spread wait. fn gets the run's context and the Covered function of its
+// RunRequest: true when the repository's history shows the cycle succeeded,
+// in a run that was not this process', after the job became due.
+func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx context.Context, covered func(time.Time) bool) error) error {
+	name := job.Repository
+
+	if d := l.spread.Delay(name, time.Now()); d > 0 {
+		l.log.Debug("lease acquisition deferred to let idler replicas take the run",
+			zap.String("repository", name), zap.Int("load", l.spread.Load(name, time.Now())), zap.Duration("wait", d))
+
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+
+	keep := job.QuickInterval
+	if keep <= 0 || (job.FullInterval > 0 && job.FullInterval < keep) {
+		keep = job.FullInterval
+	}
+
+	keep += keep / 2
+
+	var finished func(time.Time, bool)
+
+	err := l.with(ctx, name, func(ctx context.Context) error {
+		finished = l.spread.Started(name, time.Now(), keep)
+		covered := func(last time.Time) bool {
+			return !job.Due.IsZero() && last.After(job.Due) && !l.spread.Mine(name, last)
+		}
+
+		return fn(ctx, covered)
+	})
+
+	if finished != nil {
+		var done *repository.DoneError
+		finished(time.Now(), !errors.As(err, &done))
 	}
 
 	return err

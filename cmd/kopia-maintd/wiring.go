@@ -260,7 +260,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	var report *repository.Report
 
-	err := a.leases.with(ctx, job.Repository, func(ctx context.Context) error {
+	err := a.leases.scheduled(ctx, job, func(ctx context.Context, covered func(time.Time) bool) error {
 		var err error
 
 		if job.Unsafe {
@@ -273,14 +273,19 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 			report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
 		} else {
+			req.Covered = covered
 			report, err = a.m.Run(ctx, job.Repository, req)
 		}
 
 		return err
 	})
 
-	var held *lease.HeldError
-	if errors.As(err, &held) {
+	// Nothing ran: the lease is another process' or the work was done.
+	var (
+		held *lease.HeldError
+		done *repository.DoneError
+	)
+	if errors.As(err, &held) || errors.As(err, &done) {
 		return err
 	}
 
