@@ -1,6 +1,9 @@
 package lease
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"math"
 	"sync"
 	"time"
@@ -9,81 +12,130 @@ import (
 // Spread spreads repositories between replicas that share a configuration.
 //
 // Replicas fire the same cron slots at the same moments (the jitter is a hash
-// of the repository's name), so whichever reaches the lease first maintains
-// the repository. Spread makes the race favour the replica with the least
-// recent work: before acquiring a lease for a scheduled run, a process waits
-// Step × log2(1 + load), at most Max, where load is the number of other
-// repositories it is running or ran within their last interval and a half.
-// An idle replica therefore takes the lease while a busy one still waits,
-// and a busy one that finds the lease held skips the run; replicas with
-// similar loads race as before. The wait is logarithmic so that a daemon
-// running alone, which waits on every run, loses little: at most Max per
-// run, half a second for one other repository.
+// of the repository's name, @every slots are multiples since the epoch), so
+// whichever reaches the lease first maintains the repository. Spread decides
+// that race: before acquiring a lease for a scheduled run, a process waits
+//
+//	Step × (offset(holder, repository) + log2(1 + runs))
+//
+// at most Max, where offset is a hash of this process' holder identity and
+// the repository's name in [0, 1), and runs is the number of other
+// repositories this process is maintaining at that moment or started within
+// Max before (re-read as runs start and end). Between idle replicas the offsets alone decide: each
+// repository goes to the replica with the smallest offset for it, a
+// rendezvous hash that hands every replica about its share and keeps the
+// same split slot after slot. A replica that is already running others
+// waits longer for each further one, so an idle replica takes it first,
+// and a replica that finds the lease held skips the run. A daemon running
+// alone waits too, Step/2 on average per run; that is the price of never
+// needing to know how many replicas there are.
 //
 // Spread also remembers this process' own last run of each repository, so
-// that a run recorded in a repository's history can be told apart from one
-// another replica made (Mine).
+// that a success recorded in a repository's history can be told apart from
+// one another replica made (Mine).
 type Spread struct {
-	// Step and Max scale the wait; see the type's documentation.
-	Step, Max time.Duration
+	holder    string
+	step, max time.Duration
 
 	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever running changes
 	running map[string]int
+	started map[string]time.Time // the latest start of a run that did work
 	last    map[string]span
 }
 
-// span is one finished run of this process, and how long it counts as load.
-type span struct {
-	start, end time.Time
-	keep       time.Duration
+// span is one finished run of this process.
+type span struct{ start, end time.Time }
+
+// NewSpread returns a Spread for the process with the given holder identity.
+func NewSpread(holder string, step, maxWait time.Duration) *Spread {
+	return &Spread{
+		holder: holder, step: step, max: maxWait,
+		changed: make(chan struct{}), running: map[string]int{}, started: map[string]time.Time{}, last: map[string]span{},
+	}
 }
 
-// NewSpread returns a Spread with the given step and maximum wait.
-func NewSpread(step, maxWait time.Duration) *Spread {
-	return &Spread{Step: step, Max: maxWait, running: map[string]int{}, last: map[string]span{}}
+// Offset returns this process' offset for name, in [0, 1).
+func (s *Spread) Offset(name string) float64 {
+	// A cryptographic hash: names that differ in one character (r1, r2)
+	// must get unrelated offsets, which FNV's top bits do not give.
+	sum := sha256.Sum256([]byte(s.holder + "\x00" + name))
+	return float64(binary.BigEndian.Uint64(sum[:8])>>11) / (1 << 53)
 }
 
-// Load returns the number of repositories other than name this process is
-// running now or ran within their keep time before now.
-func (s *Spread) Load(name string, now time.Time) int {
+// Runs returns the number of repositories other than name this process is
+// maintaining at now or started maintaining within Max before: runs due at
+// one slot count for each other while the slot's turns are being taken,
+// even when they are quick.
+func (s *Spread) Runs(name string, now time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.runs(name, now)
+}
 
+func (s *Spread) runs(name string, now time.Time) int {
 	n := 0
 	for r, c := range s.running {
 		if r != name && c > 0 {
 			n++
 		}
 	}
-	for r, sp := range s.last {
-		if r != name && s.running[r] == 0 && now.Sub(sp.end) < sp.keep {
+	for r, at := range s.started {
+		if r != name && s.running[r] == 0 && now.Sub(at) < s.max {
 			n++
 		}
 	}
 	return n
 }
 
-// Delay returns how long to wait before acquiring name's lease at now.
-func (s *Spread) Delay(name string, now time.Time) time.Duration {
-	load := s.Load(name, now)
-	if load == 0 {
-		return 0
-	}
-	d := time.Duration(float64(s.Step) * math.Log2(1+float64(load)))
-	return min(d, s.Max)
+// Wait returns how long after the run became ready name's lease should be
+// taken, given runs other repositories in progress.
+func (s *Spread) Wait(name string, runs int) time.Duration {
+	w := float64(s.step) * (s.Offset(name) + math.Log2(1+float64(runs)))
+	return min(time.Duration(w), s.max)
 }
 
-// Started records the start of a run of name and returns the function that
-// records its end. keep is how long the run counts as load after it ended:
-// about the repository's shortest cycle interval. A run that did no work
-// (worked false: it found the cycle done by another replica) is forgotten.
-func (s *Spread) Started(name string, start time.Time, keep time.Duration) (finished func(end time.Time, worked bool)) {
+// Turn blocks until it is name's turn to take its lease: Wait after since,
+// re-evaluated whenever this process starts or ends another run. It returns
+// ctx's error if ctx ends first.
+func (s *Spread) Turn(ctx context.Context, name string, since time.Time) error {
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		target := since.Add(s.Wait(name, s.runs(name, time.Now())))
+		s.mu.Unlock()
+
+		d := time.Until(target)
+		if d <= 0 {
+			return nil
+		}
+
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-changed:
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// Started records that this process started maintaining name (its lease is
+// held) and returns the function that records the end. worked false (the
+// run found the cycle done by another replica) keeps the previous run as
+// the last one.
+func (s *Spread) Started(name string, at time.Time) (end func(ended time.Time, worked bool)) {
 	s.mu.Lock()
 	s.running[name]++
+	prev, had := s.started[name]
+	s.started[name] = at
+	s.notify()
 	s.mu.Unlock()
 
 	var once sync.Once
-	return func(end time.Time, worked bool) {
+	return func(ended time.Time, worked bool) {
 		once.Do(func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -91,11 +143,22 @@ func (s *Spread) Started(name string, start time.Time, keep time.Duration) (fini
 			if s.running[name] <= 0 {
 				delete(s.running, name)
 			}
-			if worked {
-				s.last[name] = span{start: start, end: end, keep: keep}
+			switch {
+			case worked:
+				s.last[name] = span{start: at, end: ended}
+			case had:
+				s.started[name] = prev
+			default:
+				delete(s.started, name)
 			}
+			s.notify()
 		})
 	}
+}
+
+func (s *Spread) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // Mine reports whether t lies within this process' last finished run of

@@ -1,74 +1,170 @@
 package lease
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 )
 
-func TestSpreadDelayFollowsRecentWork(t *testing.T) {
-	s := NewSpread(500*time.Millisecond, 4*time.Second)
-	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
-
-	if d := s.Delay("a", t0); d != 0 {
-		t.Errorf("idle process waits %v, want 0", d)
+// TestSpreadOffsetsShareRepositories: with equal loads each repository goes
+// to the replica with the smallest offset; over many repositories every
+// replica gets about its share, and a replica's offsets do not change.
+func TestSpreadOffsetsShareRepositories(t *testing.T) {
+	holders := []string{"node-1-3f9a1c20b7d4", "node-1-8e02ffa1c613", "node-2-5b7d0e9a4421"}
+	var spreads []*Spread
+	for _, h := range holders {
+		spreads = append(spreads, NewSpread(h, time.Second, 8*time.Second))
 	}
-
-	// b is running, c ran a minute ago with an hourly cycle (counts for
-	// 90 minutes), d ran two hours ago (no longer counts).
-	s.Started("b", t0, 90*time.Minute)
-	s.Started("c", t0.Add(-2*time.Minute), 90*time.Minute)(t0.Add(-time.Minute), true)
-	s.Started("d", t0.Add(-3*time.Hour), 90*time.Minute)(t0.Add(-2*time.Hour), true)
-
-	if got := s.Load("a", t0); got != 2 {
-		t.Errorf("load seen by a: %d, want 2 (b running, c recent)", got)
-	}
-	if got := s.Load("c", t0); got != 1 {
-		t.Errorf("load seen by c: %d, want 1 (its own run does not count)", got)
-	}
-	// log2(3) × 0.5s
-	if got, want := s.Delay("a", t0), 792481250*time.Nanosecond; got < want-time.Millisecond || got > want+time.Millisecond {
-		t.Errorf("delay at load 2: %v, want %v", got, want)
-	}
-	if got := s.Delay("c", t0); got != 500*time.Millisecond {
-		t.Errorf("delay at load 1: %v, want 500ms", got)
-	}
-	if got := s.Load("a", t0.Add(88*time.Minute)); got != 2 {
-		t.Errorf("load 88 minutes on: %d, want 2", got)
-	}
-	if got := s.Load("a", t0.Add(91*time.Minute)); got != 1 {
-		t.Errorf("load after c's keep time: %d, want 1 (b still running)", got)
-	}
-
-	// A less loaded process always waits less than a more loaded one, up
-	// to the maximum.
-	big := NewSpread(500*time.Millisecond, 4*time.Second)
-	prev := time.Duration(-1)
-	for i := range 300 {
-		if d := big.Delay("x", t0); d < prev || d > 4*time.Second {
-			t.Fatalf("delay at load %d: %v (previous %v, max 4s)", i, d, prev)
-		} else {
-			prev = d
+	const repos = 300
+	won := map[string]int{}
+	for i := range repos {
+		name := fmt.Sprintf("velero-ns%d-default-kopia", i)
+		best := -1
+		for j, s := range spreads {
+			o := s.Offset(name)
+			if o < 0 || o >= 1 {
+				t.Fatalf("offset of %s for %s: %v, want [0, 1)", holders[j], name, o)
+			}
+			if o != s.Offset(name) {
+				t.Fatalf("offset of %s for %s changed", holders[j], name)
+			}
+			if best < 0 || o < spreads[best].Offset(name) {
+				best = j
+			}
 		}
-		big.Started(string(rune('A'+i%26))+string(rune('a'+i/26)), t0, time.Hour)
+		won[holders[best]]++
 	}
-	if prev != 4*time.Second {
-		t.Errorf("delay at load 299: %v, want the 4s maximum", prev)
+	for _, h := range holders {
+		if won[h] < repos/3-30 || won[h] > repos/3+30 {
+			t.Errorf("replica %s wins %d of %d repositories, want about %d", h, won[h], repos, repos/3)
+		}
+	}
+
+	// Names one character apart get unrelated offsets.
+	lo, hi := 1.0, 0.0
+	for i := range 6 {
+		o := spreads[0].Offset(fmt.Sprintf("r%d", i))
+		lo, hi = min(lo, o), max(hi, o)
+	}
+	if hi-lo < 0.3 {
+		t.Errorf("offsets of r0..r5 lie within %.3f of each other, want them spread over [0, 1)", hi-lo)
+	}
+}
+
+func TestSpreadWaitGrowsWithRuns(t *testing.T) {
+	s := NewSpread("node-1-3f9a1c20b7d4", time.Second, 4*time.Second)
+	o := s.Offset("a")
+	for _, c := range []struct {
+		runs int
+		want time.Duration
+	}{
+		{0, time.Duration(o * float64(time.Second))},
+		{1, time.Duration((o + 1) * float64(time.Second))},
+		{3, time.Duration((o + 2) * float64(time.Second))},
+		{1000, 4 * time.Second},
+	} {
+		if got := s.Wait("a", c.runs); got < c.want-time.Microsecond || got > c.want+time.Microsecond {
+			t.Errorf("wait with %d other runs: %v, want %v", c.runs, got, c.want)
+		}
+	}
+
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	end := s.Started("b", t0)
+	s.Started("c", t0)
+	if got := s.Runs("a", t0); got != 2 {
+		t.Errorf("runs seen by a: %d, want 2", got)
+	}
+	if got := s.Runs("b", t0); got != 1 {
+		t.Errorf("runs seen by b: %d, want 1 (its own does not count)", got)
+	}
+	// A run that ended still counts until Max after its start, so that
+	// quick runs of one slot count for each other.
+	end(t0.Add(time.Second), true)
+	if got := s.Runs("a", t0.Add(3*time.Second)); got != 2 {
+		t.Errorf("runs seen by a 3s after b started: %d, want 2", got)
+	}
+	if got := s.Runs("a", t0.Add(4*time.Second)); got != 1 {
+		t.Errorf("runs seen by a after Max (4s): %d, want 1 (c still runs)", got)
+	}
+	// A run that did no work (it found the cycle done) does not count.
+	s.Started("d", t0.Add(5*time.Second))(t0.Add(5*time.Second), false)
+	if got := s.Runs("a", t0.Add(5*time.Second)); got != 1 {
+		t.Errorf("runs seen by a after d did no work: %d, want 1", got)
+	}
+}
+
+// TestSpreadTurnFollowsRuns: a turn is re-evaluated when another run starts
+// or turns out to have done nothing, and ends early when the context does.
+func TestSpreadTurnFollowsRuns(t *testing.T) {
+	const step = 200 * time.Millisecond
+	s := NewSpread("h", step, 10*step)
+	// A repository whose offset leaves the test time to act while the
+	// turn waits.
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("r%d", i); s.Offset(n) > 0.6 {
+			name = n
+		}
+	}
+	o := s.Offset(name)
+	ctx := context.Background()
+
+	since := time.Now()
+	if err := s.Turn(ctx, name, since); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := time.Since(since), time.Duration(o*float64(step)); got < want {
+		t.Errorf("idle turn came after %v, want at least %v", got, want)
+	}
+
+	// Another run starts while a waits: a's turn moves a step later.
+	since = time.Now()
+	done := make(chan time.Duration, 1)
+	go func() {
+		_ = s.Turn(ctx, name, since)
+		done <- time.Since(since)
+	}()
+	end := s.Started("b", since)
+	if got, want := <-done, time.Duration((o+1)*float64(step)); got < want {
+		t.Errorf("turn with one other run came after %v, want at least %v", got, want)
+	}
+
+	// That run turns out to have done no work while a waits behind three:
+	// the turn comes earlier.
+	s.Started("c", since)
+	s.Started("d", since)
+	since = time.Now()
+	go func() {
+		_ = s.Turn(ctx, name, since)
+		done <- time.Since(since)
+	}()
+	time.Sleep(step / 4)
+	end(time.Now(), false)
+	if got, long := <-done, time.Duration((o+2)*float64(step)); got >= long {
+		t.Errorf("turn took %v after a run did no work, want less than the %v three runs ask", got, long)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.Turn(cctx, name, time.Now()); err == nil {
+		t.Error("Turn with a cancelled context returned nil")
 	}
 }
 
 func TestSpreadMine(t *testing.T) {
-	s := NewSpread(time.Second, time.Second)
+	s := NewSpread("h", time.Second, time.Second)
 	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
 
 	if s.Mine("a", t0) {
 		t.Error("Mine before any run")
 	}
-	done := s.Started("a", t0, time.Hour)
+	end := s.Started("a", t0)
 	if s.Mine("a", t0.Add(time.Second)) {
 		t.Error("Mine for a run still in progress: its successes are not recorded yet")
 	}
-	done(t0.Add(time.Minute), true)
-	done(t0.Add(time.Hour), true) // a second call changes nothing
+	end(t0.Add(time.Minute), true)
+	end(t0.Add(time.Hour), true) // a second call changes nothing
 	for _, c := range []struct {
 		at   time.Time
 		want bool
@@ -87,15 +183,8 @@ func TestSpreadMine(t *testing.T) {
 		t.Error("Mine for another repository")
 	}
 
-	// A run that found the work done is neither load nor the last run.
-	idle := s.Started("a", t0.Add(2*time.Hour), time.Hour)
-	if got := s.Load("b", t0.Add(2*time.Hour)); got != 1 {
-		t.Errorf("load while a's run is in progress: %d, want 1", got)
-	}
-	idle(t0.Add(2*time.Hour+time.Second), false)
-	if got := s.Load("b", t0.Add(2*time.Hour+time.Second)); got != 0 {
-		t.Errorf("load after a run that did no work: %d, want 0 (the earlier run is past its keep time)", got)
-	}
+	// A run that found the work done is not the last run.
+	s.Started("a", t0.Add(2*time.Hour))(t0.Add(2*time.Hour+time.Second), false)
 	if !s.Mine("a", t0.Add(30*time.Second)) {
 		t.Error("a run that did no work replaced the last one")
 	}

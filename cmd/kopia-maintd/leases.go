@@ -30,13 +30,13 @@ type leases struct {
 	spread *lease.Spread
 }
 
-// The spread wait of scheduled runs: half a second times log2(1 + the other
-// repositories this process ran within their last interval and a half), at
-// most 4s. Half a second is well beyond what one list and one write of a
-// lease take, so an idle replica has its lease before a busier one looks.
+// The spread wait of scheduled runs (see lease.Spread): a second times the
+// replica's offset for the repository plus log2(1 + the other repositories
+// it is maintaining), at most 8s. A second is far beyond what one list and
+// one write of a lease take, so between two replicas the smaller wait wins.
 const (
-	spreadStep = 500 * time.Millisecond
-	spreadMax  = 4 * time.Second
+	spreadStep = time.Second
+	spreadMax  = 8 * time.Second
 )
 
 // newLeases builds the lease manager the configuration asks for.
@@ -84,7 +84,7 @@ func newLeases(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics
 		return nil, err
 	}
 
-	return &leases{lm: lm, mgr: mgr, met: met, log: log, spread: lease.NewSpread(spreadStep, spreadMax)}, nil
+	return &leases{lm: lm, mgr: mgr, met: met, log: log, spread: lease.NewSpread(lc.HolderIdentity, spreadStep, spreadMax)}, nil
 }
 
 func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
@@ -157,43 +157,23 @@ func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Cont
 func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx context.Context, covered func(time.Time) bool) error) error {
 	name := job.Repository
 
-	if d := l.spread.Delay(name, time.Now()); d > 0 {
-		l.log.Debug("lease acquisition deferred to let idler replicas take the run",
-			zap.String("repository", name), zap.Int("load", l.spread.Load(name, time.Now())), zap.Duration("wait", d))
-
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		}
+	if err := l.spread.Turn(ctx, name, time.Now()); err != nil {
+		return err
 	}
 
-	keep := job.QuickInterval
-	if keep <= 0 || (job.FullInterval > 0 && job.FullInterval < keep) {
-		keep = job.FullInterval
-	}
-
-	keep += keep / 2
-
-	var finished func(time.Time, bool)
-
-	err := l.with(ctx, name, func(ctx context.Context) error {
-		finished = l.spread.Started(name, time.Now(), keep)
+	return l.with(ctx, name, func(ctx context.Context) error {
+		end := l.spread.Started(name, time.Now())
 		covered := func(last time.Time) bool {
 			return !job.Due.IsZero() && last.After(job.Due) && !l.spread.Mine(name, last)
 		}
 
-		return fn(ctx, covered)
-	})
+		err := fn(ctx, covered)
 
-	if finished != nil {
 		var done *repository.DoneError
-		finished(time.Now(), !errors.As(err, &done))
-	}
+		end(time.Now(), !errors.As(err, &done))
 
-	return err
+		return err
+	})
 }
 
 // blobLeaseStore keeps a repository's leases in its own storage.

@@ -49,6 +49,9 @@ type klLine struct {
 	Reason string `json:"reason"`
 	Cycle  string `json:"cycle"`
 	Result string `json:"result"`
+	Repo   string `json:"repository"`
+	// Seconds is a finished run's duration_seconds.
+	Seconds float64 `json:"duration_seconds"`
 
 	at  time.Time
 	raw string
@@ -91,49 +94,51 @@ func klParse(logs string, from int) ([]klLine, int) {
 // released", a failed release, or the process' death.
 type klInterval struct {
 	proc       string
+	lease      string
 	start, end time.Time
 	endedBy    string
 }
 
 var klDeadlineRE = regexp.MustCompile(`deadline passed at (\S+?)[\s),"]`)
 
-// klIntervals parses a daemon's log into the intervals it held leases. An
-// interval still open at the end of the log ends at dead (the time the
-// process was seen dead after a SIGKILL), or now when dead is zero (the
-// process still holds it).
+// klIntervals parses a daemon's log into the intervals it held leases, for
+// each lease apart. An interval still open at the end of the log ends at
+// dead (the time the process was seen dead after a SIGKILL), or now when
+// dead is zero (the process still holds it).
 func klIntervals(t *testing.T, proc, logs string, dead time.Time) []klInterval {
 	t.Helper()
 
 	lines, _ := klParse(logs, 0)
 
-	var (
-		out  []klInterval
-		open *klInterval
-	)
+	var out []klInterval
 
-	closeAt := func(at time.Time, by string) {
-		if open == nil {
-			return
-		}
-
-		open.end, open.endedBy = at, by
-		out = append(out, *open)
-		open = nil
-	}
+	opens := map[string]*klInterval{}
 
 	for _, l := range lines {
 		if l.Logger != "lease" {
 			continue
 		}
 
+		if l.Lease == "" {
+			l.Lease = l.Repo // the daemon's own "release lease" line
+		}
+
+		closeAt := func(at time.Time, by string) {
+			if open := opens[l.Lease]; open != nil {
+				open.end, open.endedBy = at, by
+				out = append(out, *open)
+				delete(opens, l.Lease)
+			}
+		}
+
 		switch l.Msg {
 		case "lease acquired":
-			if open != nil {
-				t.Errorf("%s: lease acquired while already held since %s:\n%s", proc, open.start.Format("15:04:05.000"), l.raw)
+			if open := opens[l.Lease]; open != nil {
+				t.Errorf("%s: lease %s acquired while already held since %s:\n%s", proc, l.Lease, open.start.Format("15:04:05.000"), l.raw)
 				closeAt(l.at, "acquired again")
 			}
 
-			open = &klInterval{proc: proc, start: l.at}
+			opens[l.Lease] = &klInterval{proc: proc, lease: l.Lease, start: l.at}
 		case "lease lost":
 			end := l.at
 			// The watchdog notices a passed deadline up to a second late;
@@ -152,12 +157,13 @@ func klIntervals(t *testing.T, proc, logs string, dead time.Time) []klInterval {
 		}
 	}
 
-	if open != nil {
+	for _, open := range opens {
+		open.end, open.endedBy = dead, "killed"
 		if dead.IsZero() {
-			closeAt(time.Now(), "still held")
-		} else {
-			closeAt(dead, "killed")
+			open.end, open.endedBy = time.Now(), "still held"
 		}
+
+		out = append(out, *open)
 	}
 
 	return out
@@ -175,7 +181,7 @@ func klAssertDisjoint(t *testing.T, all []klInterval) (pairs, overlaps int) {
 	for i := range all {
 		for j := i + 1; j < len(all); j++ {
 			a, b := all[i], all[j]
-			if a.proc == b.proc {
+			if a.proc == b.proc || a.lease != b.lease {
 				continue
 			}
 
@@ -195,7 +201,7 @@ func klAssertDisjoint(t *testing.T, all []klInterval) (pairs, overlaps int) {
 			}
 
 			overlaps++
-			t.Errorf("overlap of %s: %s held the lease %s .. %s (%s), %s %s .. %s (%s)", overlap,
+			t.Errorf("overlap of %s on lease %s: %s held it %s .. %s (%s), %s %s .. %s (%s)", overlap, a.lease,
 				a.proc, a.start.Format("15:04:05.000"), a.end.Format("15:04:05.000"), a.endedBy,
 				b.proc, b.start.Format("15:04:05.000"), b.end.Format("15:04:05.000"), b.endedBy)
 		}
