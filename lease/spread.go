@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"math"
 	"sync"
 	"time"
 )
@@ -16,19 +15,20 @@ import (
 // whichever reaches the lease first maintains the repository. Spread decides
 // that race: before acquiring a lease for a scheduled run, a process waits
 //
-//	Step × (offset(holder, repository) + log2(1 + runs))
+//	Step × (offset(holder, repository) + min(runs, Max/Step - 1))
 //
-// at most Max, where offset is a hash of this process' holder identity and
-// the repository's name in [0, 1), and runs is the number of other
-// repositories this process is maintaining at that moment or started within
-// Max before (re-read as runs start and end). Between idle replicas the offsets alone decide: each
-// repository goes to the replica with the smallest offset for it, a
-// rendezvous hash that hands every replica about its share and keeps the
-// same split slot after slot. A replica that is already running others
-// waits longer for each further one, so an idle replica takes it first,
-// and a replica that finds the lease held skips the run. A daemon running
-// alone waits too, Step/2 on average per run; that is the price of never
-// needing to know how many replicas there are.
+// where offset is a hash of this process' holder identity and the
+// repository's name in [0, 1), and runs is the number of other repositories
+// this process is maintaining at that moment or started within Max before
+// (re-read as runs start and end). A replica that already took more of a
+// slot's repositories than another waits a whole Step longer for each, so
+// the less busy one takes the next; between replicas equally busy the
+// offsets decide, a rendezvous hash that hands each about its share and
+// keeps the same split slot after slot. Beyond Max/Step - 1 runs only the
+// offsets count, which still spreads many repositories evenly. A replica
+// that finds the lease held skips the run. A daemon running alone waits
+// too, Step/2 on average plus a Step per run it started just before; that
+// is the price of never needing to know how many replicas there are.
 //
 // Spread also remembers this process' own last run of each repository, so
 // that a success recorded in a repository's history can be told apart from
@@ -89,10 +89,10 @@ func (s *Spread) runs(name string, now time.Time) int {
 }
 
 // Wait returns how long after the run became ready name's lease should be
-// taken, given runs other repositories in progress.
+// taken, given runs other repositories in progress or just started.
 func (s *Spread) Wait(name string, runs int) time.Duration {
-	w := float64(s.step) * (s.Offset(name) + math.Log2(1+float64(runs)))
-	return min(time.Duration(w), s.max)
+	load := min(float64(runs), float64(s.max/s.step)-1)
+	return time.Duration(float64(s.step) * (s.Offset(name) + max(load, 0)))
 }
 
 // Turn blocks until it is name's turn to take its lease: Wait after since,
@@ -122,11 +122,14 @@ func (s *Spread) Turn(ctx context.Context, name string, since time.Time) error {
 	}
 }
 
-// Started records that this process started maintaining name (its lease is
-// held) and returns the function that records the end. worked false (the
-// run found the cycle done by another replica) keeps the previous run as
-// the last one.
-func (s *Spread) Started(name string, at time.Time) (end func(ended time.Time, worked bool)) {
+// Started records that this process starts on a run of name at, right
+// after its turn: from then on the run counts for the others' turns, also
+// while its lease is being acquired. It returns the function that records
+// the end: work is when the run held its lease and began its work, ended
+// when it ended. worked false (the lease was another's, or the run found the
+// cycle done by another replica) forgets the run, keeping the previous one
+// as the last.
+func (s *Spread) Started(name string, at time.Time) (end func(work, ended time.Time, worked bool)) {
 	s.mu.Lock()
 	s.running[name]++
 	prev, had := s.started[name]
@@ -135,7 +138,7 @@ func (s *Spread) Started(name string, at time.Time) (end func(ended time.Time, w
 	s.mu.Unlock()
 
 	var once sync.Once
-	return func(ended time.Time, worked bool) {
+	return func(work, ended time.Time, worked bool) {
 		once.Do(func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
@@ -145,7 +148,7 @@ func (s *Spread) Started(name string, at time.Time) (end func(ended time.Time, w
 			}
 			switch {
 			case worked:
-				s.last[name] = span{start: at, end: ended}
+				s.last[name] = span{start: work, end: ended}
 			case had:
 				s.started[name] = prev
 			default:

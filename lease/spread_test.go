@@ -61,8 +61,10 @@ func TestSpreadWaitGrowsWithRuns(t *testing.T) {
 	}{
 		{0, time.Duration(o * float64(time.Second))},
 		{1, time.Duration((o + 1) * float64(time.Second))},
-		{3, time.Duration((o + 2) * float64(time.Second))},
-		{1000, 4 * time.Second},
+		{3, time.Duration((o + 3) * float64(time.Second))},
+		// Beyond Max/Step - 1 runs only the offset counts.
+		{4, time.Duration((o + 3) * float64(time.Second))},
+		{1000, time.Duration((o + 3) * float64(time.Second))},
 	} {
 		if got := s.Wait("a", c.runs); got < c.want-time.Microsecond || got > c.want+time.Microsecond {
 			t.Errorf("wait with %d other runs: %v, want %v", c.runs, got, c.want)
@@ -80,7 +82,7 @@ func TestSpreadWaitGrowsWithRuns(t *testing.T) {
 	}
 	// A run that ended still counts until Max after its start, so that
 	// quick runs of one slot count for each other.
-	end(t0.Add(time.Second), true)
+	end(t0, t0.Add(time.Second), true)
 	if got := s.Runs("a", t0.Add(3*time.Second)); got != 2 {
 		t.Errorf("runs seen by a 3s after b started: %d, want 2", got)
 	}
@@ -88,7 +90,7 @@ func TestSpreadWaitGrowsWithRuns(t *testing.T) {
 		t.Errorf("runs seen by a after Max (4s): %d, want 1 (c still runs)", got)
 	}
 	// A run that did no work (it found the cycle done) does not count.
-	s.Started("d", t0.Add(5*time.Second))(t0.Add(5*time.Second), false)
+	s.Started("d", t0.Add(5*time.Second))(t0.Add(5*time.Second), t0.Add(5*time.Second), false)
 	if got := s.Runs("a", t0.Add(5*time.Second)); got != 1 {
 		t.Errorf("runs seen by a after d did no work: %d, want 1", got)
 	}
@@ -140,8 +142,8 @@ func TestSpreadTurnFollowsRuns(t *testing.T) {
 		done <- time.Since(since)
 	}()
 	time.Sleep(step / 4)
-	end(time.Now(), false)
-	if got, long := <-done, time.Duration((o+2)*float64(step)); got >= long {
+	end(time.Now(), time.Now(), false)
+	if got, long := <-done, time.Duration((o+3)*float64(step)); got >= long {
 		t.Errorf("turn took %v after a run did no work, want less than the %v three runs ask", got, long)
 	}
 
@@ -159,12 +161,13 @@ func TestSpreadMine(t *testing.T) {
 	if s.Mine("a", t0) {
 		t.Error("Mine before any run")
 	}
-	end := s.Started("a", t0)
+	// The turn ended before t0; the lease was held and the work began at t0.
+	end := s.Started("a", t0.Add(-time.Second))
 	if s.Mine("a", t0.Add(time.Second)) {
 		t.Error("Mine for a run still in progress: its successes are not recorded yet")
 	}
-	end(t0.Add(time.Minute), true)
-	end(t0.Add(time.Hour), true) // a second call changes nothing
+	end(t0, t0.Add(time.Minute), true)
+	end(t0, t0.Add(time.Hour), true) // a second call changes nothing
 	for _, c := range []struct {
 		at   time.Time
 		want bool
@@ -184,7 +187,7 @@ func TestSpreadMine(t *testing.T) {
 	}
 
 	// A run that found the work done is not the last run.
-	s.Started("a", t0.Add(2*time.Hour))(t0.Add(2*time.Hour+time.Second), false)
+	s.Started("a", t0.Add(2*time.Hour))(t0.Add(2*time.Hour), t0.Add(2*time.Hour+time.Second), false)
 	if !s.Mine("a", t0.Add(30*time.Second)) {
 		t.Error("a run that did no work replaced the last one")
 	}

@@ -31,9 +31,10 @@ type leases struct {
 }
 
 // The spread wait of scheduled runs (see lease.Spread): a second times the
-// replica's offset for the repository plus log2(1 + the other repositories
-// it is maintaining), at most 8s. A second is far beyond what one list and
-// one write of a lease take, so between two replicas the smaller wait wins.
+// replica's offset for the repository plus the other repositories it is
+// maintaining or started in the last 8s, at most 8s. A second is far beyond
+// what one list and one write of a lease take, so between two replicas the
+// smaller wait wins.
 const (
 	spreadStep = time.Second
 	spreadMax  = 8 * time.Second
@@ -161,8 +162,19 @@ func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx c
 		return err
 	}
 
+	// The run counts for the other runs' turns from here, while its lease
+	// is being acquired too; it is forgotten if it does no work.
+	end := l.spread.Started(name, time.Now())
+
+	var (
+		work   time.Time
+		worked bool
+	)
+
+	defer func() { end(work, time.Now(), worked) }()
+
 	return l.with(ctx, name, func(ctx context.Context) error {
-		end := l.spread.Started(name, time.Now())
+		work = time.Now()
 		covered := func(last time.Time) bool {
 			return !job.Due.IsZero() && last.After(job.Due) && !l.spread.Mine(name, last)
 		}
@@ -170,7 +182,7 @@ func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx c
 		err := fn(ctx, covered)
 
 		var done *repository.DoneError
-		end(time.Now(), !errors.As(err, &done))
+		worked = !errors.As(err, &done)
 
 		return err
 	})
