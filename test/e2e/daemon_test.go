@@ -198,7 +198,7 @@ stateDirectory: %[1]s/state
 server: {listenAddress: "%[2]s"}
 log: {level: debug, format: json}
 defaults:
-  schedule: {quick: "@every 2s", full: "@every 5s", jitter: 0s}
+  schedule: {quick: "@every 2s", full: "@every 10s", jitter: 0s}
   ownership: {takeover: if-unowned}
 repositories:
   - name: good

@@ -129,8 +129,8 @@ func TestRepositoryMadeByKopiaCLI(t *testing.T) {
 		}
 	}
 
-	// The daemon wrote its cron's next time (@every 6s from the run's
-	// start), not kopia's own now+24h.
+	// The daemon wrote its cron's next time (the next multiple of 6s after
+	// the run's start), not kopia's own now+24h.
 	if d := time.Until(mi.Schedule.NextFull); d < -time.Minute || d > 10*time.Second {
 		t.Fatalf("kopia's next full maintenance = %v, want the daemon's slot of a few seconds after the run", mi.Schedule.NextFull)
 	}

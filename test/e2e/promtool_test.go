@@ -29,7 +29,7 @@ identity: {username: maintd, hostname: e2e}
 stateDirectory: %[1]s/state
 server: {listenAddress: "%[2]s"}
 defaults:
-  schedule: {quick: "@every 2s", full: "@every 5s", jitter: 0s}
+  schedule: {quick: "@every 2s", full: "@every 10s", jitter: 0s}
   ownership: {takeover: if-unowned}
 repositories:
   - name: lint
