@@ -264,3 +264,16 @@ func (b *blobBackend) drop(ctx context.Context, s Store, holder string) {
 	defer cancel()
 	_ = s.Delete(ctx, holder)
 }
+
+// Inspect implements Inspector: every lease blob of name.
+func (b *blobBackend) Inspect(ctx context.Context, name string) ([]Holding, error) {
+	entries, err := b.store(name).List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list lease blobs of %q: %w", name, err)
+	}
+	out := make([]Holding, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, Holding{Holder: e.Holder, Renewed: e.Written})
+	}
+	return out, nil
+}

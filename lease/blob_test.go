@@ -331,8 +331,14 @@ func TestBlobRelease(t *testing.T) {
 	if _, err := a.TryAcquire(context.Background(), "repo", "a", blobDuration); err != nil {
 		t.Fatal(err)
 	}
+	if hs, err := a.(Inspector).Inspect(context.Background(), "repo"); err != nil || len(hs) != 1 || hs[0].Holder != "a" || !hs[0].Renewed.Equal(t0) {
+		t.Errorf("Inspect of a held lease: %+v, %v; want a, renewed at %v", hs, err, t0)
+	}
 	if err := a.Release(context.Background(), "repo", "a"); err != nil {
 		t.Fatal(err)
+	}
+	if hs, err := b.(Inspector).Inspect(context.Background(), "repo"); err != nil || len(hs) != 0 {
+		t.Errorf("Inspect of a released lease: %+v, %v; want no holder", hs, err)
 	}
 	if _, err := b.TryAcquire(context.Background(), "repo", "b", blobDuration); err != nil {
 		t.Fatalf("TryAcquire after release: %v", err)

@@ -267,3 +267,27 @@ func (k *kubernetesBackend) forget(obj string) {
 	defer k.mu.Unlock()
 	delete(k.mine, obj)
 }
+
+// Inspect implements Inspector: the Lease's holder, if any.
+func (k *kubernetesBackend) Inspect(ctx context.Context, name string) ([]Holding, error) {
+	obj := k.prefix + name
+	l, err := k.leases.Leases(k.namespace).Get(ctx, obj, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get lease %s/%s: %w", k.namespace, obj, err)
+	}
+	h := holderOf(l)
+	if h == "" {
+		return nil, nil
+	}
+	var renewed time.Time
+	switch {
+	case l.Spec.RenewTime != nil:
+		renewed = l.Spec.RenewTime.Time
+	case l.Spec.AcquireTime != nil:
+		renewed = l.Spec.AcquireTime.Time
+	}
+	return []Holding{{Holder: h, Renewed: renewed}}, nil
+}

@@ -115,10 +115,19 @@ func TestKubernetesBackend(t *testing.T) {
 	if _, err := b.Renew(kctx(t), "repo", "b", d); err != nil {
 		t.Fatalf("Renew by the new holder: %v", err)
 	}
+	if hs, err := a.(Inspector).Inspect(kctx(t), "repo"); err != nil || len(hs) != 1 || hs[0].Holder != "b" || hs[0].Renewed.IsZero() {
+		t.Errorf("Inspect of b's lease: %+v, %v; want b with its renewTime", hs, err)
+	}
 
 	// Released: free at once for anyone.
 	if err := b.Release(kctx(t), "repo", "b"); err != nil {
 		t.Fatalf("Release: %v", err)
+	}
+	if hs, err := a.(Inspector).Inspect(kctx(t), "repo"); err != nil || len(hs) != 0 {
+		t.Errorf("Inspect of a released lease: %+v, %v; want no holder", hs, err)
+	}
+	if hs, err := a.(Inspector).Inspect(kctx(t), "never-created"); err != nil || len(hs) != 0 {
+		t.Errorf("Inspect of a lease never created: %+v, %v; want no holder", hs, err)
 	}
 	if _, err := a.TryAcquire(kctx(t), "repo", "a", d); err != nil {
 		t.Fatalf("TryAcquire of a released lease: %v", err)

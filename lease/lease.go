@@ -66,3 +66,33 @@ func (e *HeldError) Skipped() bool { return true }
 // once the lease is stale; if it finished, the next attempt finds the work
 // done.
 func (e *HeldError) RetryAfter() time.Duration { return e.Retry }
+
+// Holding is a holder of a lease as a backend records it, for display.
+type Holding struct {
+	Holder string `json:"holder"`
+	// Renewed is when the lease was last written for the holder, by the
+	// backend's record: the storage's timestamp of a lease blob, or a
+	// Kubernetes Lease's renewTime (the holder's own clock).
+	Renewed time.Time `json:"renewed"`
+}
+
+// Inspector reads the holders of a lease without taking it. Both backends
+// implement it.
+type Inspector interface {
+	Inspect(ctx context.Context, name string) ([]Holding, error)
+}
+
+// Inspect returns the holders the manager's backend records for the named
+// lease: none when it is free, more than one only for claimants racing.
+// Whether a holding is still live is for the caller to judge against the
+// lease duration.
+func (m *Manager) Inspect(ctx context.Context, name string) ([]Holding, error) {
+	in, ok := m.opts.Backend.(Inspector)
+	if !ok {
+		return nil, errors.New("inspect lease: the backend cannot be inspected")
+	}
+	return in.Inspect(ctx, name)
+}
+
+// Duration returns the manager's lease duration.
+func (m *Manager) Duration() time.Duration { return m.opts.Duration }

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kopia-maintd/kopia-maintd/repository"
@@ -26,7 +27,54 @@ type repoStatus struct {
 	CronNextFull  time.Time `json:"cronNextFull"`
 	// UnsafeRuns are the newest safety=none requests from the audit log.
 	UnsafeRuns []safety.AuditEntry `json:"unsafeRuns,omitempty"`
-	Error      string              `json:"error,omitempty"`
+	// Lease is who holds the repository's lease now.
+	Lease leaseStatus `json:"lease"`
+	Error string      `json:"error,omitempty"`
+}
+
+// leaseStatus is a repository's lease in `status` output.
+type leaseStatus struct {
+	// State is free, held (renewed within the lease duration), stale (its
+	// holder stopped renewing: the next run takes it over) or unknown.
+	State  string `json:"state"`
+	Holder string `json:"holder,omitempty"`
+	// Renewed is the holder's last renewal by the backend's record: the
+	// storage's timestamp of the lease blob, or the Lease's renewTime.
+	Renewed time.Time `json:"renewed,omitzero"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// inspectLease reads who holds the named repository's lease.
+func inspectLease(ctx context.Context, l *leases, lerr error, name string, now time.Time) leaseStatus {
+	if lerr != nil {
+		return leaseStatus{State: "unknown", Error: lerr.Error()}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	hs, err := l.lm.Inspect(ctx, name)
+	if err != nil {
+		return leaseStatus{State: "unknown", Error: err.Error()}
+	}
+
+	if len(hs) == 0 {
+		return leaseStatus{State: "free"}
+	}
+
+	newest := hs[0]
+	for _, h := range hs[1:] {
+		if h.Renewed.After(newest.Renewed) {
+			newest = h
+		}
+	}
+
+	st := leaseStatus{State: "held", Holder: newest.Holder, Renewed: newest.Renewed}
+	if now.Sub(newest.Renewed) >= l.lm.Duration() {
+		st.State = "stale"
+	}
+
+	return st
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
@@ -53,6 +101,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	now := time.Now()
 	failed := 0
 	audit := safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit"))
+	lm, lerr := newLeases(cfg, mgr, nil, zap.NewNop())
 
 	var out []repoStatus
 
@@ -71,6 +120,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 			failed++
 		}
 
+		rs.Lease = inspectLease(ctx, lm, lerr, r.Name, now)
 		rs.Status = st
 		out = append(out, rs)
 	}
@@ -137,6 +187,17 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 
 	fmt.Fprintf(w, "  location:        %s\n", st.Location)
 	fmt.Fprintf(w, "  owner:           %s\n", owner)
+
+	switch l := rs.Lease; l.State {
+	case "held":
+		fmt.Fprintf(w, "  lease:           held by %s (renewed %s ago)\n", l.Holder, now.Sub(l.Renewed).Round(time.Second))
+	case "stale":
+		fmt.Fprintf(w, "  lease:           stale: %s stopped renewing %s ago; the next run takes it over\n", l.Holder, now.Sub(l.Renewed).Round(time.Second))
+	case "unknown":
+		fmt.Fprintf(w, "  lease:           unknown: %s\n", l.Error)
+	default:
+		fmt.Fprintf(w, "  lease:           %s\n", l.State)
+	}
 
 	if st.PreviousOwnerKnown {
 		prev := st.PreviousOwner

@@ -304,6 +304,28 @@ func TestLeaseSIGSTOPFencing(t *testing.T) {
 	}
 
 	stopped := time.Now()
+
+	// `status` names the stopped holder: its last renewal is under a
+	// second old.
+	var holderA string
+	lines, _ := klParse(a.logs(), 0)
+	for _, l := range lines {
+		if l.isLease("lease acquired") {
+			holderA = l.Holder
+		}
+	}
+
+	stdout, stderr, code := runCLI(t, "status", "--config", cfgB, "--json")
+	var st []struct {
+		Lease struct{ State, Holder string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil || code != 0 || len(st) != 1 {
+		t.Fatalf("status --json: %d, %v\n%s%s", code, err, stdout, stderr)
+	}
+	if l := st[0].Lease; l.State != "held" || l.Holder != holderA || holderA == "" {
+		t.Errorf("status shows the lease %s by %q, want held by A (%s)", l.State, l.Holder, holderA)
+	}
+
 	b := startDaemon(t, cfgB, "")
 
 	waitLog(t, b, 0, 30*time.Second, `"msg":"lease acquired"`)
