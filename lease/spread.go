@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"math"
 	"crypto/sha256"
 	"encoding/binary"
 	"sync"
@@ -15,20 +16,22 @@ import (
 // whichever reaches the lease first maintains the repository. Spread decides
 // that race: before acquiring a lease for a scheduled run, a process waits
 //
-//	Step × (offset(holder, repository) + min(runs, Max/Step - 1))
+//	Step × (offset(holder, repository) + load(runs))
 //
 // where offset is a hash of this process' holder identity and the
-// repository's name in [0, 1), and runs is the number of other repositories
-// this process is maintaining at that moment or started within Max before
-// (re-read as runs start and end). A replica that already took more of a
-// slot's repositories than another waits a whole Step longer for each, so
-// the less busy one takes the next; between replicas equally busy the
-// offsets decide, a rendezvous hash that hands each about its share and
-// keeps the same split slot after slot. Beyond Max/Step - 1 runs only the
-// offsets count, which still spreads many repositories evenly. A replica
-// that finds the lease held skips the run. A daemon running alone waits
-// too, Step/2 on average plus a Step per run it started just before; that
-// is the price of never needing to know how many replicas there are.
+// repository's name in [0, 1), runs is the number of other repositories this
+// process is maintaining at that moment or started within Max before
+// (re-read as runs start and end), and load(runs) is runs up to 4, then two
+// more per doubling (4 + 2·log2(runs/4)), at most Max/Step - 1. A replica
+// that already took more of a slot's repositories than another waits longer
+// for each, so the less busy one takes the next; between replicas equally
+// busy the offsets decide, a rendezvous hash that hands each about its
+// share and keeps the same split slot after slot. The load grows slower
+// past 4 so that replicas with dozens of runs each are still told apart
+// within Max. A replica that finds the lease held skips the run. A daemon
+// running alone waits too, Step/2 on average plus a Step per run it started
+// just before; that is the price of never needing to know how many
+// replicas there are.
 //
 // Spread also remembers this process' own last run of each repository, so
 // that a success recorded in a repository's history can be told apart from
@@ -91,8 +94,18 @@ func (s *Spread) runs(name string, now time.Time) int {
 // Wait returns how long after the run became ready name's lease should be
 // taken, given runs other repositories in progress or just started.
 func (s *Spread) Wait(name string, runs int) time.Duration {
-	load := min(float64(runs), float64(s.max/s.step)-1)
-	return time.Duration(float64(s.step) * (s.Offset(name) + max(load, 0)))
+	return time.Duration(float64(s.step) * (s.Offset(name) + s.load(runs)))
+}
+
+// load is the load term of the wait, in steps: runs up to 4, then growing
+// by two steps per doubling, at most Max/Step - 1 so that the offset still
+// decides between replicas at the cap.
+func (s *Spread) load(runs int) float64 {
+	l := float64(runs)
+	if l > 4 {
+		l = 4 + 2*math.Log2(l/4)
+	}
+	return max(min(l, float64(s.max/s.step)-1), 0)
 }
 
 // Turn blocks until it is name's turn to take its lease: Wait after since,

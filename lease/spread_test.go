@@ -62,12 +62,25 @@ func TestSpreadWaitGrowsWithRuns(t *testing.T) {
 		{0, time.Duration(o * float64(time.Second))},
 		{1, time.Duration((o + 1) * float64(time.Second))},
 		{3, time.Duration((o + 3) * float64(time.Second))},
-		// Beyond Max/Step - 1 runs only the offset counts.
+		// Beyond the cap of Max/Step - 1 only the offset counts.
 		{4, time.Duration((o + 3) * float64(time.Second))},
 		{1000, time.Duration((o + 3) * float64(time.Second))},
 	} {
 		if got := s.Wait("a", c.runs); got < c.want-time.Microsecond || got > c.want+time.Microsecond {
 			t.Errorf("wait with %d other runs: %v, want %v", c.runs, got, c.want)
+		}
+	}
+
+	// Past four runs the load grows by two steps per doubling, up to the
+	// cap of Max/Step - 1.
+	wide := NewSpread("node-1-3f9a1c20b7d4", time.Second, 12*time.Second)
+	for _, c := range []struct {
+		runs int
+		want float64
+	}{{4, 4}, {8, 6}, {16, 8}, {32, 10}, {46, 11}, {1000, 11}} {
+		want := time.Duration((o + c.want) * float64(time.Second))
+		if got := wide.Wait("a", c.runs); got < want-time.Microsecond || got > want+time.Microsecond {
+			t.Errorf("wait with %d other runs and a 12s maximum: %v, want %v", c.runs, got, want)
 		}
 	}
 
@@ -190,5 +203,74 @@ func TestSpreadMine(t *testing.T) {
 	s.Started("a", t0.Add(2*time.Hour))(t0.Add(2*time.Hour), t0.Add(2*time.Hour+time.Second), false)
 	if !s.Mine("a", t0.Add(30*time.Second)) {
 		t.Error("a run that did no work replaced the last one")
+	}
+}
+
+// TestSpreadSplitsASlotEvenly replays the wait rule for replicas that all
+// see a slot's repositories fall due at once: each replica's next turn is
+// the smallest wait among its repositories not yet taken, and a repository
+// goes to whichever replica's turn comes first. For every set of holder
+// identities tried the split is as even as the numbers allow while each
+// replica has at most four, and within a few beyond.
+func TestSpreadSplitsASlotEvenly(t *testing.T) {
+	split := func(holders []string, repos int) []int {
+		spreads := make([]*Spread, len(holders))
+		for i, h := range holders {
+			spreads[i] = NewSpread(h, time.Second, 12*time.Second)
+		}
+		// Wait is Step × (Offset + load): the offsets are fixed per
+		// replica and repository, so they are read once.
+		offsets := make([][]float64, len(holders))
+		for r, s := range spreads {
+			for m := range repos {
+				offsets[r] = append(offsets[r], s.Offset(fmt.Sprintf("repo-%d", m)))
+			}
+		}
+		taken := make([]bool, repos)
+		runs := make([]int, len(holders))
+		for range repos {
+			best, bestRepo := -1, -1
+			var bestWait float64
+			for r, s := range spreads {
+				load := s.load(runs[r])
+				for m := range repos {
+					if taken[m] {
+						continue
+					}
+					if w := offsets[r][m] + load; best < 0 || w < bestWait {
+						best, bestRepo, bestWait = r, m, w
+					}
+				}
+			}
+			taken[bestRepo] = true
+			runs[best]++
+		}
+		return runs
+	}
+
+	for _, c := range []struct{ replicas, repos, spread int }{
+		// While the load grows linearly (up to 4 runs each) the split is
+		// as even as the numbers allow.
+		{2, 4, 0}, {3, 4, 1}, {2, 6, 0}, {3, 6, 0}, {4, 16, 0},
+		// Past that, by two steps per doubling: within a few.
+		{5, 30, 2}, {3, 100, 4}, {5, 100, 3}, {10, 200, 4},
+	} {
+		worst := 0
+		for set := range 50 {
+			holders := make([]string, c.replicas)
+			for i := range holders {
+				holders[i] = fmt.Sprintf("node-%d-%04x", i, set*7919+i)
+			}
+			runs := split(holders, c.repos)
+			lo, hi := runs[0], runs[0]
+			for _, n := range runs {
+				lo, hi = min(lo, n), max(hi, n)
+			}
+			if hi-lo > c.spread {
+				t.Errorf("%d replicas, %d repositories, holders %v: split %v, want at most %d apart", c.replicas, c.repos, holders, runs, c.spread)
+			}
+			worst = max(worst, hi-lo)
+		}
+		t.Logf("%d replicas, %d repositories: at most %d apart over 50 sets of holders", c.replicas, c.repos, worst)
 	}
 }

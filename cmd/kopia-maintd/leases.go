@@ -31,13 +31,13 @@ type leases struct {
 }
 
 // The spread wait of scheduled runs (see lease.Spread): a second times the
-// replica's offset for the repository plus the other repositories it is
-// maintaining or started in the last 8s, at most 8s. A second is far beyond
-// what one list and one write of a lease take, so between two replicas the
-// smaller wait wins.
+// replica's offset for the repository plus the load of the other
+// repositories it is maintaining or started in the last 12s, at most 12s. A
+// second is far beyond what one list and one write of a lease take, so
+// between two replicas the smaller wait wins.
 const (
 	spreadStep = time.Second
-	spreadMax  = 8 * time.Second
+	spreadMax  = 12 * time.Second
 )
 
 // newLeases builds the lease manager the configuration asks for.
