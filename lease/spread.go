@@ -2,9 +2,9 @@ package lease
 
 import (
 	"context"
-	"math"
 	"crypto/sha256"
 	"encoding/binary"
+	"math"
 	"sync"
 	"time"
 )
