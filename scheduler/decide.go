@@ -52,48 +52,48 @@ func windowMissed(now, slot time.Time) bool {
 	return now.Sub(slot) > missedWindowAfter
 }
 
-// skipper is implemented by errors that mark a run as skipped rather than failed.
-type skipper interface{ Skipped() bool }
-
-// isSkipped reports whether any error in err's chain (including joined errors) says Skipped.
-func isSkipped(err error) bool {
+// inChain reports whether match accepts any error in err's chain, joined errors included,
+// visiting them depth first.
+func inChain(err error, match func(error) bool) bool {
 	if err == nil {
 		return false
 	}
-	if s, ok := err.(skipper); ok && s.Skipped() {
+	if match(err) {
 		return true
 	}
 	switch u := err.(type) {
 	case interface{ Unwrap() error }:
-		return isSkipped(u.Unwrap())
+		return inChain(u.Unwrap(), match)
 	case interface{ Unwrap() []error }:
-		return slices.ContainsFunc(u.Unwrap(), isSkipped)
+		return slices.ContainsFunc(u.Unwrap(), func(e error) bool { return inChain(e, match) })
 	}
 	return false
+}
+
+// skipper is implemented by errors that mark a run as skipped rather than failed.
+type skipper interface{ Skipped() bool }
+
+// isSkipped reports whether any error in err's chain says Skipped.
+func isSkipped(err error) bool {
+	return inChain(err, func(e error) bool {
+		s, ok := e.(skipper)
+		return ok && s.Skipped()
+	})
 }
 
 // retrier is implemented by skipped errors that ask for a follow-up before the next slot.
 type retrier interface{ RetryAfter() time.Duration }
 
-// retryAfter returns the first positive RetryAfter in err's chain (including joined errors).
+// retryAfter returns the first positive RetryAfter in err's chain.
 func retryAfter(err error) time.Duration {
-	if err == nil {
-		return 0
-	}
-	if r, ok := err.(retrier); ok && r.RetryAfter() > 0 {
-		return r.RetryAfter()
-	}
-	switch u := err.(type) {
-	case interface{ Unwrap() error }:
-		return retryAfter(u.Unwrap())
-	case interface{ Unwrap() []error }:
-		for _, e := range u.Unwrap() {
-			if d := retryAfter(e); d > 0 {
-				return d
-			}
+	var d time.Duration
+	inChain(err, func(e error) bool {
+		if r, ok := e.(retrier); ok && r.RetryAfter() > 0 {
+			d = r.RetryAfter()
 		}
-	}
-	return 0
+		return d > 0
+	})
+	return d
 }
 
 // classify maps the error of a finished run to its result. shuttingDown is true when the
