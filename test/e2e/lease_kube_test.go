@@ -399,29 +399,20 @@ func klTree(t *testing.T, root string, dirs int) {
 func klKubeConfig(t *testing.T, dir, name, kubeconfig, addr string, create bool) string {
 	t.Helper()
 
-	listen := ""
-	if addr != "" {
-		listen = fmt.Sprintf("server: {listenAddress: %q}\n", addr)
-	}
-
-	return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
-identity: {username: maintd, hostname: e2e}
-stateDirectory: %[1]s/state-%[2]s
-%[3]slog: {level: info, format: json}
-kubernetes: {kubeconfig: %[4]s}
+	return leaseTestConfig(t, dir, name, addr, fmt.Sprintf(`kubernetes: {kubeconfig: %[2]s}
 lease:
   kind: kubernetes
-  duration: %[6]s
-  renewInterval: %[7]s
+  duration: %[4]s
+  renewInterval: %[5]s
   kubernetes: {namespace: velero}
 defaults:
   schedule: {quick: "@every 1s", full: "@every 3s", jitter: 0s}
 repositories:
   - name: main
-    create: %[5]v
+    create: %[3]v
     storage: {filesystem: {path: %[1]s/repo}}
     passwordFile: password
-`, dir, name, listen, kubeconfig, create, klDuration, klRenewInterval))
+`, dir, kubeconfig, create, klDuration, klRenewInterval))
 }
 
 // TestLeaseKubernetes: two daemon processes with one identity and

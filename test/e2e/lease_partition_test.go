@@ -14,25 +14,16 @@ import (
 func klPartitionConfig(t *testing.T, dir, name, endpoint, addr string, create bool) string {
 	t.Helper()
 
-	listen := ""
-	if addr != "" {
-		listen = fmt.Sprintf("server: {listenAddress: %q}\n", addr)
-	}
-
-	return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
-identity: {username: maintd, hostname: e2e}
-stateDirectory: %[1]s/state-%[2]s
-%[3]slog: {level: info, format: json}
-lease: {kind: repository, duration: %[6]s, renewInterval: %[7]s}
+	return leaseTestConfig(t, dir, name, addr, fmt.Sprintf(`lease: {kind: repository, duration: %[3]s, renewInterval: %[4]s}
 defaults:
   schedule: {quick: "@every 1s", full: "@every 3s", jitter: 0s}
 repositories:
   - name: ns1
-    create: %[5]v
+    create: %[2]v
     storage:
-      s3: {bucket: backups, prefix: kopia/ns1/, endpoint: "%[4]s", insecure: true, accessKeyIDFile: access-key, secretAccessKeyFile: secret-key}
+      s3: {bucket: backups, prefix: kopia/ns1/, endpoint: "%[1]s", insecure: true, accessKeyIDFile: access-key, secretAccessKeyFile: secret-key}
     passwordFile: password
-`, dir, name, listen, endpoint, create, klDuration, klRenewInterval))
+`, endpoint, create, klDuration, klRenewInterval))
 }
 
 // TestLeasePartition: two daemon processes share one MinIO repository with

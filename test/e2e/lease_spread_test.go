@@ -32,18 +32,13 @@ func spreadConfig(t *testing.T, dir, name string, create bool) string {
 		fmt.Fprintf(&repos, "  - name: r%d\n    create: %v\n    storage: {filesystem: {path: %s/repo-r%d}}\n    passwordFile: password\n", i, create, dir, i)
 	}
 
-	return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
-identity: {username: maintd, hostname: e2e}
-stateDirectory: %[1]s/state-%[2]s
-server: {listenAddress: "%[3]s"}
-log: {level: info, format: json}
-concurrency: %[4]d
+	return leaseTestConfig(t, dir, name, harness.FreeAddr(t), fmt.Sprintf(`concurrency: %d
 lease: {kind: repository, duration: 4s, renewInterval: 1s}
 defaults:
-  schedule: {quick: "@every %[6]s", full: "@every 24h", jitter: 0s}
+  schedule: {quick: "@every %s", full: "@every 24h", jitter: 0s}
   ownership: {takeover: always}
 repositories:
-%[5]s`, dir, name, harness.FreeAddr(t), spreadRepos, repos.String(), spreadEvery))
+%s`, spreadRepos, spreadEvery, repos.String()))
 }
 
 // spreadRun is one successful maintenance run in a replica's log, by the

@@ -16,26 +16,41 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
 
+// leaseTestConfig writes the configuration of daemon process name of a
+// lease test: what every lease test shares (the identity, a state directory
+// per process, JSON logs at info, which the tests parse, and a listen
+// address when addr is set) followed by body, the test's own lease,
+// schedule and repositories.
+func leaseTestConfig(t *testing.T, dir, name, addr, body string) string {
+	t.Helper()
+
+	listen := ""
+	if addr != "" {
+		listen = fmt.Sprintf("server: {listenAddress: %q}\n", addr)
+	}
+
+	return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
+identity: {username: maintd, hostname: e2e}
+stateDirectory: %s/state-%s
+%slog: {level: info, format: json}
+`, dir, name, listen)+body)
+}
+
 // leaseConfig is a daemon config for one repository with a repository-kind
 // lease of 4s renewed every second and cycles every second or three.
 func leaseConfig(t *testing.T, dir, name, storage string, create bool) string {
 	t.Helper()
 
-	return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
-identity: {username: maintd, hostname: e2e}
-stateDirectory: %[1]s/state-%[2]s
-server: {listenAddress: "%[3]s"}
-log: {level: info, format: json}
-lease: {kind: repository, duration: 4s, renewInterval: 1s}
+	return leaseTestConfig(t, dir, name, harness.FreeAddr(t), fmt.Sprintf(`lease: {kind: repository, duration: 4s, renewInterval: 1s}
 defaults:
   schedule: {quick: "@every 1s", full: "@every 3s", jitter: 0s}
   ownership: {takeover: always}
 repositories:
   - name: ns1
-    create: %[5]v
-    storage: %[4]s
+    create: %[2]v
+    storage: %[1]s
     passwordFile: password
-`, dir, name, harness.FreeAddr(t), storage, create))
+`, storage, create))
 }
 
 // waitLog waits until the daemon's log, from byte offset after on, has a
