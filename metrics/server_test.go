@@ -2,27 +2,19 @@ package metrics
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"go.uber.org/zap/zaptest"
-	"golang.org/x/crypto/bcrypt"
+
+	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
 
 // startServer runs a Server until the test ends.
@@ -142,8 +134,8 @@ func TestServerEndpoints(t *testing.T) {
 // auth from a web config file and the probes on their own plain listener.
 func TestServerAuthAndProbeListener(t *testing.T) {
 	dir := t.TempDir()
-	pool := writeSelfSignedCert(t, dir)
-	webConfig := writeWebConfig(t, dir, "prometheus", "s3cret", true)
+	pool := harness.SelfSignedCert(t, dir)
+	webConfig := harness.WebConfig(t, dir, "prometheus", "s3cret", true)
 
 	s := startServer(t, ServerOptions{
 		ProbeAddress:  "127.0.0.1:0",
@@ -208,77 +200,4 @@ func TestNewServerErrors(t *testing.T) {
 			t.Errorf("%s: NewServer succeeded", name)
 		}
 	}
-}
-
-// writeWebConfig writes an exporter-toolkit web config with one basic auth
-// user and, with tls, the certificate written by writeSelfSignedCert.
-func writeWebConfig(t *testing.T, dir, user, password string, withTLS bool) string {
-	t.Helper()
-
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	cfg := fmt.Sprintf("basic_auth_users:\n  %s: %s\n", user, hash)
-	if withTLS {
-		cfg += "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
-	}
-
-	p := filepath.Join(dir, "web.yml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	return p
-}
-
-// writeSelfSignedCert writes cert.pem and key.pem for 127.0.0.1 into dir and
-// returns a pool that trusts the certificate.
-func writeSelfSignedCert(t *testing.T, dir string) *x509.CertPool {
-	t.Helper()
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "kopia-maintd test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	for name, block := range map[string]*pem.Block{
-		"cert.pem": {Type: "CERTIFICATE", Bytes: der},
-		"key.pem":  {Type: "EC PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-
-	return pool
 }
