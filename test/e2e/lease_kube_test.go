@@ -52,6 +52,7 @@ type klLine struct {
 	Repo   string `json:"repository"`
 	// Seconds is a finished run's duration_seconds.
 	Seconds float64 `json:"duration_seconds"`
+	CatchUp bool    `json:"catch_up"`
 
 	at  time.Time
 	raw string

@@ -69,6 +69,25 @@ func spreadRuns(procs []*klProc) []spreadRun {
 	return out
 }
 
+// spreadAllTried reports whether every process has logged the end of a
+// run of every repository that was not a catch-up, whatever its result.
+func spreadAllTried(procs []*klProc) bool {
+	for _, p := range procs {
+		lines, _ := klParse(p.d.logs(), 0)
+		tried := map[string]bool{}
+		for _, l := range lines {
+			if l.Msg == "maintenance run finished" && !l.CatchUp {
+				tried[l.Repo] = true
+			}
+		}
+		if len(tried) < spreadRepos {
+			return false
+		}
+	}
+
+	return true
+}
+
 // spreadShares counts the runs in [from, to) by process and logs them, with
 // who ran which repository in each slot. It fails when a process ran all of
 // a slot's repositories while another live one ran none. (A replica that
@@ -169,12 +188,27 @@ func TestLeaseReplicasSpread(t *testing.T) {
 		procs = append(procs, &klProc{name: name, d: startDaemon(t, spreadConfig(t, dir, name, false), "")})
 	}
 
-	// From the second slot after all three are up, four slots. The runs
-	// that start in them have ended a few seconds after the last.
+	// Four slots from the first one of the steady state. The runs that
+	// start in them have ended a few seconds after the last.
 	const steadySlots, afterSlots = 4, 4
 
-	started := time.Now()
-	steadyFrom := started.Truncate(spreadEvery).Add(2 * spreadEvery)
+	// The steady state begins once every replica has tried every
+	// repository at a regular slot: the catch-up runs at start (the
+	// repositories were created a while ago) and the slots that pass
+	// during them are over. It can take a while under the race detector:
+	// each start reads every repository.
+	ready := time.Now()
+	for deadline := ready.Add(4 * spreadEvery); ; time.Sleep(100 * time.Millisecond) {
+		ready = time.Now()
+		if ready.After(deadline) {
+			t.Fatalf("the replicas did not all try every repository at a regular slot within %v", 4*spreadEvery)
+		}
+		if spreadAllTried(procs) {
+			break
+		}
+	}
+
+	steadyFrom := ready.Truncate(spreadEvery).Add(spreadEvery)
 	steadyTo := steadyFrom.Add(steadySlots * spreadEvery)
 	time.Sleep(time.Until(steadyTo.Add(spreadEvery / 2)))
 
