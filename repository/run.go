@@ -479,16 +479,16 @@ func (t *TaskResult) addCounts(stats maintenancestats.Summarizer) {
 	switch st := stats.(type) {
 	case *maintenancestats.SnapshotGCStats:
 		t.ContentsGC += int64(st.DeletedContentCount)
-		t.UnreferencedBytes += st.UnreferencedContentSize + st.UnreferencedRecentContentSize
+		t.UnreferencedBytes += int64(st.UnreferencedContentSize + st.UnreferencedRecentContentSize)
 	case *maintenancestats.DeleteUnreferencedPacksStats:
 		t.BlobsDeleted += int64(st.DeletedPackCount)
-		t.BytesDeleted += st.DeletedTotalSize
+		t.BytesDeleted += int64(st.DeletedTotalSize)
 	case *maintenancestats.CleanupLogsStats:
 		t.BlobsDeleted += int64(st.DeletedBlobCount)
-		t.BytesDeleted += st.DeletedBlobSize
+		t.BytesDeleted += int64(st.DeletedBlobSize)
 	case *maintenancestats.CleanupSupersededIndexesStats:
 		t.BlobsDeleted += int64(st.DeletedBlobCount)
-		t.BytesDeleted += st.DeletedTotalSize
+		t.BytesDeleted += int64(st.DeletedTotalSize)
 	case *maintenancestats.CleanupMarkersStats:
 		t.BlobsDeleted += int64(st.DeletedEpochMarkerBlobCount + st.DeletedWatermarkBlobCount)
 	}

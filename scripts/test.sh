@@ -66,6 +66,8 @@ if [ ${#failed[@]} -ne 0 ]; then
 fi
 
 step gofmt gofmt_check
+# go.mod and go.sum must say exactly what the code imports.
+step go-mod-tidy go mod tidy -diff
 step vet go vet ./...
 step staticcheck "$KOPIA_MAINTD_TOOLS/staticcheck" ./...
 # kopia's "testing" build tag makes repositories created inside the test
