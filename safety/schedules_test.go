@@ -26,7 +26,8 @@ func TestNextScheduleTime(t *testing.T) {
 		{"@hourly", time.Date(2026, 3, 1, 13, 0, 0, 0, time.UTC), ""},
 		{"@weekly", time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC), ""},
 		{"0 0 30 2 *", time.Time{}, ""}, // never fires
-		{"", time.Time{}, "empty spec string"},
+		{"", time.Time{}, "empty schedule"},
+		{"TZ=UTC", time.Time{}, "invalid schedule"}, // cron panics on it; Velero recovers too
 		{"0 4 * *", time.Time{}, "expected exactly 5 fields"},
 		{"CRON_TZ=Mars/Olympus 0 4 * * *", time.Time{}, "provided bad location"},
 		{"0 0 0 4 * *", time.Time{}, "expected exactly 5 fields"}, // seconds are not Velero's syntax
