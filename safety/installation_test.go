@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	clienttesting "k8s.io/client-go/testing"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 )
 
@@ -110,4 +113,65 @@ func TestKubernetesChecksInstallation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGateRecheckWhileWatching: the runner's synchronous re-check before the
+// first deleting task runs while the watcher runs (both on one Gate, under
+// -race), and it sees what appeared after the watcher's last pass: a Backup
+// created after admission refuses at once, without waiting for the
+// watcher's next tick.
+func TestGateRecheckWhileWatching(t *testing.T) {
+	f := newFakeCluster(t)
+	clk := clocktesting.NewFakeClock(testNow)
+	g := &Gate{RepositoryName: "r", Allow: true, Kubernetes: f.checks, Repository: passingRepository, Clock: clk}
+
+	a, _, err := g.Admit(context.Background())
+	if err != nil || !a.Valid() {
+		t.Fatalf("Admit: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	refused := make(chan Decision, 1)
+	done := make(chan struct{})
+
+	go func() {
+		defer close(done)
+		g.WatchKubernetes(ctx, 5*time.Second, func(d Decision) { refused <- d })
+	}()
+
+	var wg sync.WaitGroup
+
+	for range 4 {
+		wg.Go(func() {
+			for range 10 {
+				if d, err := g.RecheckKubernetes(ctx); err != nil || !d.Allowed {
+					t.Errorf("re-check on a quiet cluster: %v", err)
+				}
+			}
+		})
+	}
+
+	// Drive watcher passes while the re-checks run.
+	for range 10 {
+		clk.Step(5 * time.Second)
+	}
+
+	wg.Wait()
+
+	_, err = f.dyn.Resource(veleroV1.WithResource("backups")).Namespace("velero").
+		Create(ctx, velero(veleroV1, "Backup", "late", "New", nil), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := g.RecheckKubernetes(ctx)
+
+	var re *RefusedError
+	if !errors.As(err, &re) || d.Allowed || len(d.Refusals()) != 1 || d.Refusals()[0].Name != CheckBackups ||
+		!strings.Contains(err.Error(), "velero/backups: Backups in flight (1)") {
+		t.Errorf("re-check after a Backup appeared: %v %+v", err, d.Refusals())
+	}
+
+	cancel()
+	<-done
 }
