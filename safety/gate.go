@@ -29,11 +29,12 @@ const (
 // Check is one check's verdict with the evidence behind it.
 type Check struct {
 	// Name identifies the check, from a small fixed set (metric label):
-	// velero-server, node-agent, data-path-pods, maintenance-jobs, backups,
+	// velero-installation, velero-server, node-agent, data-path-pods, maintenance-jobs, backups,
 	// restores, podvolumebackups, podvolumerestores, datauploads,
 	// datadownloads, deletebackuprequests, backuprepositories, schedules,
-	// repository-activity, config, and kubernetes for the Kubernetes
-	// checker failing as a whole.
+	// repository-activity, config, and kubernetes or repository-activity
+	// for a checker group that is missing, fails as a whole or reports no
+	// check.
 	Name string `json:"name"`
 	// Namespace is the Velero namespace checked ("" for the repository).
 	Namespace string  `json:"namespace,omitempty"`
