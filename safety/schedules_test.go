@@ -109,10 +109,13 @@ func inZone(t *testing.T) {
 
 // TestScheduleEvaluatedInUTC: Velero evaluates a spec without CRON_TZ= or
 // TZ= in its own process's zone, UTC; the daemon's zone must not matter.
+// robfig/cron evaluates such a spec in the zone of the time it is given, and
+// the daemon's clock gives local times (time.Now, and metav1.Time, which
+// decodes to time.Local): the times here are local too.
 func TestScheduleEvaluatedInUTC(t *testing.T) {
 	inZone(t)
 
-	after := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	after := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC).In(time.Local)
 
 	for spec, want := range map[string]time.Time{
 		"0 4 * * *":                        time.Date(2026, 3, 2, 4, 0, 0, 0, time.UTC),
@@ -135,13 +138,17 @@ func TestScheduleEvaluatedInUTC(t *testing.T) {
 	f := newFakeCluster(t, velero(veleroV1, "Schedule", "daily", "Enabled", map[string]any{
 		"spec.schedule": "0 13 * * *", "status.lastBackup": "2026-02-28T13:00:04Z",
 	}))
+	f.checks.Now = func() time.Time { return testNow.In(time.Local) }
 	expectOnly(t, f.run(t), CheckSchedules, Refuse, `Schedule velero/daily spec "0 13 * * *" next 2026-03-01T13:00:00Z (in 1h0m0s)`)
 
-	// And one at 19:00 UTC (14:00 in the daemon's zone, inside the margin
-	// there) is seven hours away: it passes.
-	f = newFakeCluster(t, velero(veleroV1, "Schedule", "evening", "Enabled", map[string]any{
-		"spec.schedule": "0 19 * * *", "status.lastBackup": "2026-02-28T19:00:02Z",
+	// And one at 08:00, which ran four hours ago, is twenty hours away; at
+	// 08:00 in the daemon's zone it would be 13:00 UTC, in one hour: it
+	// passes.
+	f = newFakeCluster(t, velero(veleroV1, "Schedule", "morning", "Enabled", map[string]any{
+		"spec.schedule": "0 8 * * *", "status.lastBackup": "2026-03-01T08:00:02Z",
 	}))
+	f.checks.Now = func() time.Time { return testNow.In(time.Local) }
+
 	if c := byName(f.run(t), CheckSchedules); c.Verdict != Pass {
 		t.Errorf("schedules: %+v, want pass", c)
 	}
