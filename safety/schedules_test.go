@@ -189,3 +189,12 @@ func TestScheduleLastSkipped(t *testing.T) {
 		})
 	}
 }
+
+// TestScheduleSpecThatPanicsCron: robfig/cron panics on a zone prefix with
+// nothing after it; Velero recovers and marks the Schedule
+// FailedValidation. The gate must refuse, not crash the daemon.
+func TestScheduleSpecThatPanicsCron(t *testing.T) {
+	f := newFakeCluster(t, velero(veleroV1, "Schedule", "s", "FailedValidation", map[string]any{"spec.schedule": "TZ=UTC"}))
+	expectOnly(t, f.run(t), CheckSchedules, Refuse,
+		`Schedule velero/s spec "TZ=UTC" does not parse (fail closed): parse schedule "TZ=UTC": invalid schedule: runtime error: slice bounds out of range [:-1]`)
+}
