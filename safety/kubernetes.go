@@ -25,7 +25,8 @@ const maxEvidence = 10
 // KubernetesOptions configures KubernetesChecks.
 type KubernetesOptions struct {
 	// Namespaces where Velero runs (velero; OADP: openshift-adp). At least
-	// one is required.
+	// one is required, and each must hold a Velero installation (the
+	// velero Deployment or a BackupStorageLocation) or the checks refuse.
 	Namespaces []string
 	// IgnorePods names pods that never count as Velero activity, e.g. the
 	// daemon's own pod when it runs as a sidecar.
@@ -43,9 +44,11 @@ type KubernetesOptions struct {
 // KubernetesChecks is the Checker for Velero activity seen through the
 // Kubernetes API: per namespace, one Check per signal (velero-installation,
 // velero-server, node-agent, data-path-pods, maintenance-jobs, then one per
-// Velero kind and schedules). It fails closed: an API error, a timeout or a missing
-// permission refuses that signal; only a Velero kind whose CRD is not
-// installed is Absent.
+// Velero kind and schedules). It fails closed: an API error, a timeout or a
+// missing permission refuses that signal; only a Velero kind whose CRD is
+// not installed is Absent. A namespace without positive evidence of a
+// Velero installation refuses (velero-installation), as every other signal
+// passes on an empty or missing namespace.
 type KubernetesChecks struct {
 	KubernetesOptions
 
