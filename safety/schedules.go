@@ -118,6 +118,9 @@ func (k *KubernetesChecks) checkSchedules(ctx context.Context, ns string, avail 
 	for i := range items {
 		o := &items[i]
 
+		// Velero's controller ignores a paused Schedule (its event
+		// predicate drops it, v1.18.1 SetupWithManager); unpausing it is a
+		// spec change the watcher's next pass sees.
 		if paused, _, _ := unstructured.NestedBool(o.Object, "spec", "paused"); paused {
 			continue
 		}
