@@ -191,6 +191,15 @@ func (m *Manager) loadOwnerRecord(ctx context.Context, name string) (ownerState,
 			return ownerState{}, recordNone, nil
 		}
 
+		// Blob names fold some characters, so two identities can share a
+		// name; a record of another identity is not ours to act on.
+		if rec.Identity != "" && rec.Identity != m.opts.Identity.String() {
+			m.log.Warn("ignoring an ownership record of another identity",
+				zap.String("repository", name), zap.String("blob", string(id)), zap.String("identity", rec.Identity))
+
+			return ownerState{}, recordNone, nil
+		}
+
 		return rec, recordRepository, nil
 	}
 

@@ -219,6 +219,13 @@ func TestOwnerRecordVersionZeroAndDamaged(t *testing.T) {
 		t.Fatalf("version 0 record: %+v (%v)", info, err)
 	}
 
+	putRaw(t, st, ownerRecordID("maintd@cluster-a"), `{"version":1,"identity":"maintd@cluster_a","previousOwner":"x@y","remembered":true}`)
+
+	info, err = us.Owner(ctx, "r")
+	if err != nil || info.PreviousOwnerKnown {
+		t.Fatalf("record of an identity with the same blob name: %+v (%v), want nothing remembered", info, err)
+	}
+
 	putRaw(t, st, ownerRecordID("maintd@cluster-a"), `{"previousOwner":`)
 
 	info, err = us.Owner(ctx, "r")
