@@ -327,3 +327,66 @@ func TestAuditRecordsKeepTheNewest(t *testing.T) {
 		t.Fatalf("newest 2 records: %q (%v)", last, err)
 	}
 }
+
+// landsThenFails stores index blobs and then reports an error while armed:
+// a write that reached the bucket whose answer was lost (a timeout).
+type landsThenFails struct {
+	*memStorage
+	armed *atomic.Bool
+}
+
+func (s landsThenFails) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
+	err := s.memStorage.PutBlob(ctx, id, data, opts)
+	if err == nil && s.armed.Load() && strings.HasPrefix(string(id), "x") {
+		return errors.New("injected: timeout awaiting response headers")
+	}
+
+	return err
+}
+
+// TestTakeoverWriteThatLandedDespiteAnError: the params write reports an
+// error but reached storage. The next run finds us the owner and records
+// the takeover the failed-looking run made.
+func TestTakeoverWriteThatLandedDespiteAnError(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
+	st := newMemStorage(clk.Now)
+
+	var armed atomic.Bool
+
+	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
+	us := ownershipManager(t, clk, "maintd", "cluster-a", Ownership{Policy: PolicyAlways}, landsThenFails{st, &armed})
+
+	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+		t.Fatal(err)
+	}
+
+	clk.Advance(time.Hour)
+	tookOver := clk.Now()
+
+	armed.Store(true)
+
+	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err == nil || !strings.Contains(err.Error(), "write maintenance owner") {
+		t.Fatalf("takeover whose index write reported an error: err = %v, want the params write's error", err)
+	} else {
+		t.Logf("takeover run: %v", err)
+	}
+
+	armed.Store(false)
+
+	if _, ok := ownerBlob(st, "maintd@cluster-a"); ok {
+		t.Fatal("takeover recorded although its params write reported an error")
+	}
+
+	clk.Advance(time.Hour)
+
+	rep, err := us.Run(ctx, "r", RunRequest{Cycle: Quick})
+	if err != nil || rep.TookOver || rep.PreviousOwner != "maintd@cluster-a" {
+		t.Fatalf("next run: err = %v, report %+v, want us already the owner", err, rep)
+	}
+
+	rec, ok := ownerBlob(st, "maintd@cluster-a")
+	if !ok || rec.PreviousOwner != "default@default" || !rec.TookOverAt.Equal(tookOver) {
+		t.Fatalf("record after the next run: %+v (present %v), want default@default taken over at %s", rec, ok, tookOver)
+	}
+}
