@@ -40,7 +40,7 @@ type unsafeRunner struct {
 }
 
 func newUnsafeRunner(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics, log *zap.Logger) *unsafeRunner {
-	u := &unsafeRunner{mgr: mgr, met: met, log: log, audit: safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit"))}
+	u := &unsafeRunner{mgr: mgr, met: met, log: log, audit: safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit")).WithStore(mgr)}
 
 	kc, err := safety.NewKubernetesChecksFromConfig(cfg.Kubernetes.Kubeconfig, safety.KubernetesOptions{Namespaces: cfg.SafetyNone.VeleroNamespaces})
 	if err != nil {
