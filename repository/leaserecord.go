@@ -34,8 +34,8 @@ const (
 	// of the older list-based protocol see it as a live holder while it is
 	// renewed; the '_' can never appear in an old-format holder name.
 	LeaseRecordBlob = LeaseBlobPrefix + "_cas"
-	// leaseProbeBlob is written once per process and storage to prove the
-	// storage honours conditional writes.
+	// leaseProbeBlob, with a random suffix, is written once per process
+	// and storage to prove the storage honours conditional writes.
 	leaseProbeBlob = LeaseBlobPrefix + "_probe"
 	// LeaseRecordDir is the directory of the lease record in a filesystem
 	// repository. kopia lists only files ending in ".f" and never walks a
@@ -254,14 +254,23 @@ func (r *s3Record) proveConditional(ctx context.Context) error {
 		return nil
 	}
 
-	payload := []byte(`{"probe":true}`)
-
-	info, err := r.cli.PutObject(ctx, r.bucket, r.probe, bytes.NewReader(payload), int64(len(payload)), minio.PutObjectOptions{})
-	if err != nil {
-		return fmt.Errorf("put %s: %w", r.probe, err)
+	// A key of its own: probes of other processes (or other leases of
+	// this one) running at the same time must not delete or create ours,
+	// or an If-None-Match would pass for the wrong reason.
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("probe name: %w", err)
 	}
 
-	defer r.cli.RemoveObject(context.WithoutCancel(ctx), r.bucket, r.probe, minio.RemoveObjectOptions{}) //nolint:errcheck
+	probe := r.probe + "-" + hex.EncodeToString(b[:])
+	payload := []byte(`{"probe":true}`)
+
+	info, err := r.cli.PutObject(ctx, r.bucket, probe, bytes.NewReader(payload), int64(len(payload)), minio.PutObjectOptions{})
+	if err != nil {
+		return fmt.Errorf("put %s: %w", probe, err)
+	}
+
+	defer r.cli.RemoveObject(context.WithoutCancel(ctx), r.bucket, probe, minio.RemoveObjectOptions{}) //nolint:errcheck
 
 	supported := true
 
@@ -272,7 +281,7 @@ func (r *s3Record) proveConditional(ctx context.Context) error {
 		var opts minio.PutObjectOptions
 		cond(&opts)
 
-		_, err := r.cli.PutObject(ctx, r.bucket, r.probe, bytes.NewReader(payload), int64(len(payload)), opts)
+		_, err := r.cli.PutObject(ctx, r.bucket, probe, bytes.NewReader(payload), int64(len(payload)), opts)
 
 		switch resp := minio.ToErrorResponse(err); {
 		case err == nil:
@@ -281,7 +290,7 @@ func (r *s3Record) proveConditional(ctx context.Context) error {
 		case resp.StatusCode == http.StatusNotImplemented || resp.Code == "NotImplemented":
 			supported = false
 		default:
-			return fmt.Errorf("put %s: %w", r.probe, err)
+			return fmt.Errorf("put %s: %w", probe, err)
 		}
 	}
 
