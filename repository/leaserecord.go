@@ -148,9 +148,18 @@ type s3Record struct {
 	location string
 }
 
-// newMinioClient builds a client from the same settings, credential chain
-// and TLS options as kopia's S3 storage.
+// minioClients keeps one client per S3 settings, so that renewals reuse
+// connections (and the bucket's region lookup) instead of opening new ones.
+// Keyed by value: changed settings or credentials get a new client.
+var minioClients sync.Map // S3Storage -> *minio.Client
+
+// newMinioClient returns a client built from the same settings, credential
+// chain and TLS options as kopia's S3 storage.
 func newMinioClient(s *S3Storage) (*minio.Client, error) {
+	if c, ok := minioClients.Load(*s); ok {
+		return c.(*minio.Client), nil //nolint:forcetypeassert
+	}
+
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.Static{Value: credentials.Value{
 			AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey, SignerType: credentials.SignatureV4,
@@ -169,7 +178,9 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
 
-	return cli, nil
+	c, _ := minioClients.LoadOrStore(*s, cli)
+
+	return c.(*minio.Client), nil //nolint:forcetypeassert
 }
 
 func (r *s3Record) read(ctx context.Context) ([]byte, string, time.Time, error) {
