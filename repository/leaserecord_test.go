@@ -315,3 +315,66 @@ func (s testLeaseStore) Put(ctx context.Context, holder string) (lease.Entry, er
 func (s testLeaseStore) Delete(ctx context.Context, holder string) error {
 	return s.m.DeleteLeaseBlob(ctx, s.name, holder)
 }
+
+// TestLeaseRecordTwoManagers: two lease managers (the daemon's, on the real
+// clock) acquire one lease on real storage at the same moment: exactly one
+// holds it, and once it releases, the other takes it at once.
+func TestLeaseRecordTwoManagers(t *testing.T) {
+	for _, tc := range leaseTargets() {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			spec := tc.spec(t)
+			managers := make([]*lease.Manager, 2)
+			for i := range managers {
+				m := newTestManager(t, Identity{Username: "maintd", Hostname: "a"}, spec)
+				lm, err := lease.New(lease.Options{
+					Backend: lease.NewRecord(
+						func(string) lease.Record { return m.LeaseRecord("r") },
+						func(string) lease.Store { return testLeaseStore{m: m, name: "r"} },
+						time.Second, nil),
+					Holder: fmt.Sprintf("replica-%d", i), Duration: 20 * time.Second, RenewInterval: 2 * time.Second,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				managers[i] = lm
+			}
+			helds := make([]*lease.Held, 2)
+			errs := make([]error, 2)
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i, lm := range managers {
+				wg.Go(func() {
+					<-start
+					helds[i], errs[i] = lm.Acquire(ctx, "r")
+				})
+			}
+			close(start)
+			wg.Wait()
+			w := 0
+			if helds[1] != nil {
+				w = 1
+			}
+			if helds[w] == nil || helds[1-w] != nil {
+				t.Fatalf("acquisitions: %v, %v; want exactly one", errs[0], errs[1])
+			}
+			if _, ok := errors.AsType[*lease.HeldError](errs[1-w]); !ok {
+				t.Fatalf("loser: %v, want a HeldError", errs[1-w])
+			}
+			if err := helds[w].Check(); err != nil {
+				t.Fatalf("winner's lease: %v", err)
+			}
+			if err := helds[w].Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			h, err := managers[1-w].Acquire(ctx, "r")
+			if err != nil {
+				t.Fatalf("acquiring a released lease: %v", err)
+			}
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
