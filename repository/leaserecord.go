@@ -173,7 +173,12 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 		transport.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // configured by the user
 	}
 
-	cli, err := minio.New(s.Endpoint, &minio.Options{Creds: creds, Secure: !s.Insecure, Region: s.Region, Transport: transport})
+	// One attempt per request: the lease's renewal loop retries on its own
+	// schedule within the deadline, and a release or takeover must not sit
+	// in backoff through a partition. A retried conditional write whose
+	// first attempt landed would be refused anyway (the record's token
+	// tells the holder it was its own).
+	cli, err := minio.New(s.Endpoint, &minio.Options{Creds: creds, Secure: !s.Insecure, Region: s.Region, Transport: transport, MaxRetries: 1})
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
