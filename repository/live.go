@@ -31,7 +31,8 @@ func (m *Manager) statusFile(name, kind string) string {
 	return filepath.Join(m.opts.StateDirectory, "status", name+"."+kind+".json")
 }
 
-// writeJSON replaces file atomically.
+// writeJSON replaces file atomically (writeFileAtomic), creating its
+// directory with mode 0700.
 func writeJSON(file string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -42,12 +43,7 @@ func writeJSON(file string, v any) error {
 		return err
 	}
 
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp, file)
+	return writeFileAtomic(file, b)
 }
 
 func readJSON(file string, v any) (bool, error) {

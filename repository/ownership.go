@@ -144,12 +144,7 @@ func (m *Manager) saveOwnerState(name string, st ownerState) error {
 		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
 	}
 
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
-	}
-
-	if err := os.Rename(tmp, file); err != nil {
+	if err := writeFileAtomic(file, b); err != nil {
 		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
 	}
 
