@@ -12,9 +12,13 @@ import (
 // of a unique name in the same directory, which is synced and then renamed
 // over file. A fixed temporary name would let two writers (the daemon and a
 // concurrent run-once on the same state directory) truncate each other's
-// half-written file or rename it away from under the other. The directory is
-// synced too, so the rename survives a crash. The file gets mode 0600.
-func writeFileAtomic(file string, data []byte) (err error) {
+// half-written file or rename it away from under the other. With durable,
+// the file and then the directory are synced too, so the new contents
+// survive a crash; a record that is only of use while this process lives
+// (the run in flight) skips the syncs, which cost tens of milliseconds each
+// on a busy disk and would slow the run that publishes it. The file gets mode
+// 0600.
+func writeFileAtomic(file string, data []byte, durable bool) (err error) {
 	dir := filepath.Dir(file)
 
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".tmp-*")
@@ -33,8 +37,10 @@ func writeFileAtomic(file string, data []byte) (err error) {
 		return fmt.Errorf("write %q: %w", tmp.Name(), err)
 	}
 
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %q: %w", tmp.Name(), err)
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return fmt.Errorf("sync %q: %w", tmp.Name(), err)
+		}
 	}
 
 	if err := tmp.Close(); err != nil {
@@ -43,6 +49,10 @@ func writeFileAtomic(file string, data []byte) (err error) {
 
 	if err := os.Rename(tmp.Name(), file); err != nil {
 		return fmt.Errorf("rename %q: %w", tmp.Name(), err)
+	}
+
+	if !durable {
+		return nil
 	}
 
 	if err := syncDir(dir); err != nil {

@@ -393,7 +393,7 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 		return m.openError(spec, err)
 	}
 
-	if err := writeFileAtomic(stampFile, []byte(fp)); err != nil {
+	if err := writeFileAtomic(stampFile, []byte(fp), true); err != nil {
 		return fmt.Errorf("repository %q: write connection stamp: %w", spec.Name, err)
 	}
 

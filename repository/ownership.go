@@ -144,7 +144,7 @@ func (m *Manager) saveOwnerState(name string, st ownerState) error {
 		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
 	}
 
-	if err := writeFileAtomic(file, b); err != nil {
+	if err := writeFileAtomic(file, b, true); err != nil {
 		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
 	}
 
