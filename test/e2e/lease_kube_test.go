@@ -614,8 +614,17 @@ func TestLeaseKubernetes(t *testing.T) {
 	t.Logf("first acquisition %s after the API server restarted", again.at.Sub(restartedAt).Round(time.Millisecond))
 	time.Sleep(10 * time.Second)
 
+	// How often each process got the lease depends on how fast the
+	// machine runs the cycles; what the check needs is intervals of more
+	// than one process to compare (the killed holder's and the
+	// survivor's, at least).
 	all := klCheckAll(t, procs)
-	if len(all) < 10 {
-		t.Errorf("only %d lease intervals in the whole test", len(all))
+	holders := map[string]bool{}
+	for _, iv := range all {
+		holders[iv.proc] = true
+	}
+
+	if len(holders) < 2 {
+		t.Errorf("lease intervals of %d processes in the whole test, want at least 2 (the killed holder's and the survivor's)", len(holders))
 	}
 }

@@ -199,7 +199,9 @@ func spreadCheckSlots(t *testing.T, what string, procs []*klProc, from, to time.
 	}
 
 	// The split itself is the spread rule's, checked exactly in lease's
-	// unit tests; what only processes show is that they do share.
+	// TestSpreadSplitsASlotEvenly (three replicas and four repositories:
+	// 2/1/1, two and four: 2/2); what only processes show is that they do
+	// share.
 	for _, name := range live {
 		if by[name] == 0 {
 			t.Errorf("%s: replica %s ran none of the %d runs", what, name, total)
