@@ -289,16 +289,19 @@ func (h *Held) expire(d time.Time) error {
 	return h.failed.Load().err
 }
 
-// lose records the first failure: cancels the context, counts and logs it.
+// lose records the first failure: counts it, cancels the context and logs
+// it. Check fails from the moment failed is set, before anything else here,
+// so counting first costs no safety; and whoever sees the context end (a
+// run's caller, a test) then finds the loss already counted.
 func (h *Held) lose(reason string, err error) {
 	if !h.failed.CompareAndSwap(nil, &failure{reason: reason, err: err}) {
 		return
 	}
-	h.cancel(err)
 	if r := h.m.opts.Recorder; r != nil {
 		r.Lost(h.name, reason)
 		r.Held(h.name, false)
 	}
+	h.cancel(err)
 	h.log.Warn("lease lost", zap.String("reason", reason), zap.Error(err))
 }
 

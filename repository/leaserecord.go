@@ -150,19 +150,39 @@ type s3Record struct {
 
 // minioClients keeps one client per S3 settings, so that renewals reuse
 // connections (and the bucket's region lookup) instead of opening new ones.
-// Keyed by value: changed settings or credentials get a new client.
-var minioClients sync.Map // S3Storage -> *minio.Client
+// Keyed by value, with the keys as read at this open: changed settings or
+// rotated credentials get a new client.
+var minioClients sync.Map // minioClientKey -> *minio.Client
+
+// minioClientKey is what a client is built from.
+type minioClientKey struct {
+	endpoint, region        string
+	insecure, skipTLSVerify bool
+	accessKeyID, secret     string
+}
 
 // newMinioClient returns a client built from the same settings, credential
-// chain and TLS options as kopia's S3 storage.
+// chain and TLS options as kopia's S3 storage. The keys are read now, as
+// kopia's storage reads them at every open, so a rotated key file is used
+// by the next lease operation.
 func newMinioClient(s *S3Storage) (*minio.Client, error) {
-	if c, ok := minioClients.Load(*s); ok {
+	opts, err := s.options()
+	if err != nil {
+		return nil, fmt.Errorf("s3 credentials for %s: %w", s.Endpoint, err)
+	}
+
+	key := minioClientKey{
+		endpoint: s.Endpoint, region: s.Region, insecure: s.Insecure, skipTLSVerify: s.SkipTLSVerify,
+		accessKeyID: opts.AccessKeyID, secret: opts.SecretAccessKey,
+	}
+
+	if c, ok := minioClients.Load(key); ok {
 		return c.(*minio.Client), nil //nolint:forcetypeassert
 	}
 
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.Static{Value: credentials.Value{
-			AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey, SignerType: credentials.SignatureV4,
+			AccessKeyID: opts.AccessKeyID, SecretAccessKey: opts.SecretAccessKey, SignerType: credentials.SignatureV4,
 		}},
 		&credentials.EnvAWS{},
 		&credentials.IAM{Client: &http.Client{Transport: http.DefaultTransport}},
@@ -183,7 +203,7 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
 
-	c, _ := minioClients.LoadOrStore(*s, cli)
+	c, _ := minioClients.LoadOrStore(key, cli)
 
 	return c.(*minio.Client), nil //nolint:forcetypeassert
 }
