@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,6 +74,10 @@ type runTracker struct {
 	// betweenTasks, when set, runs after every task kopia records (the
 	// safety=none guard).
 	betweenTasks func()
+	// unreadable, when set, is called when the schedule cannot be read back
+	// after kopia rewrote it: a safety=none run then cannot re-check and
+	// must stop (fail closed).
+	unreadable func(err error)
 }
 
 // loggedContentIDBytes is how many bytes of a content ID kopia's content log
@@ -295,6 +300,14 @@ func (t *runTracker) scheduleWritten() {
 
 	s, err := maintenance.GetSchedule(t.ctx, *rp)
 	if err != nil {
+		if t.log != nil {
+			t.log.Warn("read maintenance schedule after a task", zap.Error(err))
+		}
+
+		if t.unreadable != nil {
+			t.unreadable(err)
+		}
+
 		return
 	}
 
@@ -348,16 +361,21 @@ func (t *runTracker) baseline(s *maintenance.Schedule) {
 
 // trackingStorage wraps the blob storage kopia uses for one repository. It
 // is installed once per open; the tracker it reports to is the run in flight
-// (nil outside runs).
+// (nil outside runs). Its fence is the one the open's context carried: nil
+// for a read-only open, which then can write nothing.
 type trackingStorage struct {
 	blob.Storage
 	tracker *atomic.Pointer[runTracker]
 	book    *sessionBook
 	now     func() time.Time
-	fence   *fence
+	fence   *runFence
+	stats   *fenceStats
 }
 
 func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func(blob.Metadata) error) error {
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
 	t := s.tracker.Load()
 	if t == nil {
 		return s.Storage.ListBlobs(ctx, prefix, cb)
@@ -373,8 +391,17 @@ func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func
 }
 
 func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
-	if err := s.fence.pass("delete", id); err != nil {
+	if err := s.fence.pass(s.stats, "delete", id); err != nil {
 		return err
+	}
+
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
+	if s.fence != nil {
+		if err := s.fence.deletes.pass(ctx); err != nil {
+			return fmt.Errorf("delete %s refused: %w", id, err)
+		}
 	}
 
 	err := s.Storage.DeleteBlob(ctx, id)
@@ -394,9 +421,12 @@ func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
 }
 
 func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
-	if err := s.fence.pass("write", id); err != nil {
+	if err := s.fence.pass(s.stats, "write", id); err != nil {
 		return err
 	}
+
+	ctx, done := s.fence.bound(ctx)
+	defer done()
 
 	// Remember the session before the blob exists, so a concurrent activity
 	// check never sees our own pack as another writer's.

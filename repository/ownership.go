@@ -14,6 +14,8 @@ import (
 	"github.com/kopia/kopia/repo/format"
 	"github.com/kopia/kopia/repo/maintenance"
 	"go.uber.org/zap"
+
+	"github.com/kopia-maintd/kopia-maintd/lease"
 )
 
 // Policy says when the daemon takes maintenance ownership of a repository.
@@ -289,7 +291,15 @@ func (m *Manager) ownerInfo(name, owner string) (*OwnerInfo, error) {
 
 // TakeOwnership makes this identity the maintenance owner regardless of the
 // policy (an explicit operator action) and remembers the previous owner.
-func (m *Manager) TakeOwnership(ctx context.Context, name string) (*OwnerInfo, error) {
+//
+// held must be a valid lease on the repository (see Run).
+func (m *Manager) TakeOwnership(ctx context.Context, held *lease.Held, name string) (*OwnerInfo, error) {
+	ctx, done, err := m.leased(ctx, held, name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+
 	s, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
@@ -327,8 +337,15 @@ var ownerPattern = regexp.MustCompile(`^[^@\s]+@[^@\s]+$`)
 var ErrNothingToHandBack = errors.New("no previous owner remembered")
 
 // HandBack gives maintenance ownership to `to`, or when it is empty to the
-// owner this daemon took it from. It only hands back what it owns.
-func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, error) {
+// owner this daemon took it from. It only hands back what it owns. held
+// must be a valid lease on the repository (see Run).
+func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to string) (*OwnerInfo, error) {
+	ctx, done, err := m.leased(ctx, held, name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+
 	if to != "" && !ownerPattern.MatchString(to) {
 		return nil, fmt.Errorf("hand back to %q: want user@host", to)
 	}
@@ -378,8 +395,8 @@ func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, er
 
 // HandBackOnExit hands ownership back for every repository whose spec asks
 // for it and that this daemon took over, each inside guard (the repository's
-// lease). Errors are logged per repository.
-func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context) error) error) {
+// lease, which it passes to fn). Errors are logged per repository.
+func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context, *lease.Held) error) error) {
 	for _, name := range m.Names() {
 		spec, err := m.spec(name)
 		if err != nil || !spec.Ownership.HandBackOnExit {
@@ -391,8 +408,8 @@ func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Con
 			continue
 		}
 
-		err = guard(ctx, name, func(ctx context.Context) error {
-			_, err := m.HandBack(ctx, name, "")
+		err = guard(ctx, name, func(ctx context.Context, held *lease.Held) error {
+			_, err := m.HandBack(ctx, held, name, "")
 			return err
 		})
 		if err != nil {

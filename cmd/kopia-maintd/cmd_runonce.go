@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
 )
@@ -66,14 +67,14 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 
 	var rep *repository.Report
 
-	runErr := lm.with(ctx, rc.Name, func(ctx context.Context) error {
+	runErr := lm.with(ctx, rc.Name, func(ctx context.Context, held *lease.Held) error {
 		var err error
 
 		if lvl == safety.None {
 			u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
-			rep, err = u.run(ctx, cfg, rc, requester(), req)
+			rep, err = u.run(ctx, held, cfg, rc, requester(), req)
 		} else {
-			rep, err = mgr.Run(ctx, rc.Name, req)
+			rep, err = mgr.Run(ctx, held, rc.Name, req)
 		}
 
 		return err

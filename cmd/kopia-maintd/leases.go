@@ -103,7 +103,7 @@ var errLeaseLost = errors.New("lease lost")
 // with runs fn inside the repository's lease. A lease another process holds
 // skips the run (logged at Warn with the holder); a lease lost during the
 // run cancels fn's context at once and fences the storage.
-func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Context, held *lease.Held) error) error {
 	held, err := l.lm.Acquire(ctx, name)
 	if err != nil {
 		var he *lease.HeldError
@@ -121,11 +121,7 @@ func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Cont
 		return fmt.Errorf("repository %q: acquire lease: %w", name, err)
 	}
 
-	removeFence := l.mgr.Fence(name, held.Check)
-
 	defer func() {
-		removeFence()
-
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 
@@ -138,7 +134,7 @@ func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Cont
 		}
 	}()
 
-	err = fn(held.Context())
+	err = fn(held.Context(), held)
 
 	if ctx.Err() == nil && held.Context().Err() != nil {
 		cause := context.Cause(held.Context())
@@ -155,7 +151,7 @@ func (l *leases) with(ctx context.Context, name string, fn func(ctx context.Cont
 // spread wait. fn gets the run's context and the Covered function of its
 // RunRequest: true when the repository's history shows the cycle succeeded,
 // in a run that was not this process', after the job became due.
-func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx context.Context, covered func(time.Time) bool) error) error {
+func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx context.Context, held *lease.Held, covered func(time.Time) bool) error) error {
 	name := job.Repository
 
 	if err := l.spread.Turn(ctx, name, time.Now()); err != nil {
@@ -173,13 +169,13 @@ func (l *leases) scheduled(ctx context.Context, job scheduler.Job, fn func(ctx c
 
 	defer func() { end(work, time.Now(), worked) }()
 
-	return l.with(ctx, name, func(ctx context.Context) error {
+	return l.with(ctx, name, func(ctx context.Context, held *lease.Held) error {
 		work = time.Now()
 		covered := func(last time.Time) bool {
 			return !job.Due.IsZero() && last.After(job.Due) && !l.spread.Mine(name, last)
 		}
 
-		err := fn(ctx, covered)
+		err := fn(ctx, held, covered)
 
 		var done *repository.DoneError
 		worked = !errors.As(err, &done)

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
@@ -173,17 +174,17 @@ type watchRefusal struct{ decision safety.Decision }
 func (e *watchRefusal) Error() string { return summary(e.decision) }
 
 // run handles one safety=none request for a full cycle of r.
-func (u *unsafeRunner) run(ctx context.Context, cfg *config.Config, r config.Repository, requestedBy string, req repository.RunRequest) (*repository.Report, error) {
+func (u *unsafeRunner) run(ctx context.Context, held *lease.Held, cfg *config.Config, r config.Repository, requestedBy string, req repository.RunRequest) (*repository.Report, error) {
 	log := u.log.With(zap.String("repository", r.Name), zap.String("requested_by", requestedBy))
 	entry := safety.AuditEntry{Repository: r.Name, RequestedBy: requestedBy, Requested: time.Now()}
 
 	g := u.gate(cfg, r)
-	d := g.Check(ctx)
+	adm, d, _ := g.Admit(ctx)
 	u.record(d)
 
 	entry.Decision = d
 
-	if !d.Allowed {
+	if !adm.Valid() {
 		err := &gateRefusal{repository: r.Name, decision: d}
 		entry.Result, entry.Error = safety.ResultRefused, err.Error()
 		u.finish(log, entry, nil)
@@ -195,6 +196,7 @@ func (u *unsafeRunner) run(ctx context.Context, cfg *config.Config, r config.Rep
 
 	req.Cycle = repository.Full
 	req.Unsafe = &repository.UnsafeRun{
+		Admission:   adm,
 		QuietPeriod: quiet,
 		Guard: func(_ context.Context, acts []repository.Activity) error {
 			c := activityCheck(acts, quiet)
@@ -204,6 +206,16 @@ func (u *unsafeRunner) run(ctx context.Context, cfg *config.Config, r config.Rep
 
 			if c.Verdict == safety.Refuse {
 				return fmt.Errorf("%s: %s", c.Reason, strings.Join(c.Evidence, "; "))
+			}
+
+			return nil
+		},
+		Kubernetes: func(ctx context.Context) error {
+			d := g.CheckKubernetes(ctx)
+			u.record(d)
+
+			if !d.Allowed {
+				return &watchRefusal{decision: d}
 			}
 
 			return nil
@@ -224,7 +236,7 @@ func (u *unsafeRunner) run(ctx context.Context, cfg *config.Config, r config.Rep
 	log.Info("safety=none full cycle starting", zap.String("gate", "passed"), zap.Int("checks", len(d.Checks)))
 
 	entry.Start = time.Now()
-	report, err := u.mgr.Run(runCtx, r.Name, req)
+	report, err := u.mgr.Run(runCtx, held, r.Name, req)
 	entry.End = time.Now()
 
 	cause := context.Cause(runCtx)

@@ -260,7 +260,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	var report *repository.Report
 
-	err := a.leases.scheduled(ctx, job, func(ctx context.Context, covered func(time.Time) bool) error {
+	err := a.leases.scheduled(ctx, job, func(ctx context.Context, held *lease.Held, covered func(time.Time) bool) error {
 		var err error
 
 		if job.Unsafe {
@@ -271,10 +271,10 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 				return ferr
 			}
 
-			report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
+			report, err = a.unsafe.run(ctx, held, cfg, r, "scheduled safety=none window", req)
 		} else {
 			req.Covered = covered
-			report, err = a.m.Run(ctx, job.Repository, req)
+			report, err = a.m.Run(ctx, held, job.Repository, req)
 		}
 
 		return err
