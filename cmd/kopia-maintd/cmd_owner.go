@@ -62,7 +62,7 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 			return lerr
 		}
 
-		err = lm.with(ctx, *name, func(ctx context.Context, held *lease.Held) error {
+		err = lm.With(ctx, *name, func(ctx context.Context, held *lease.Held) error {
 			var err error
 
 			if action == "take" {

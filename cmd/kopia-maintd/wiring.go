@@ -17,6 +17,7 @@ import (
 
 	"github.com/kopia-maintd/kopia-maintd/config"
 	"github.com/kopia-maintd/kopia-maintd/lease"
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
@@ -238,7 +239,7 @@ type maintainer struct {
 	// self is this daemon's identity, user@host, to tell owner_info whether
 	// the owner is us.
 	self   string
-	owners *owners
+	owners *maintain.Owners
 	// unsafe runs the gated safety=none cycles of unsafe windows, under the
 	// configuration current returns (it follows reloads).
 	unsafe  *unsafeRunner
@@ -248,7 +249,7 @@ type maintainer struct {
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
-	obs := &runObserver{met: a.met, repository: job.Repository}
+	obs := &maintain.RunObserver{Metrics: a.met, Repository: job.Repository}
 	req := repository.RunRequest{
 		Cycle:         repository.Cycle(job.Cycle),
 		NextQuick:     job.NextQuick,
@@ -260,7 +261,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	var report *repository.Report
 
-	err := a.leases.scheduled(ctx, job, func(ctx context.Context, held *lease.Held, covered func(time.Time) bool) error {
+	err := a.leases.Scheduled(ctx, job, func(ctx context.Context, held *lease.Held, covered func(time.Time) bool) error {
 		var err error
 
 		if job.Unsafe {
@@ -271,7 +272,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 				return ferr
 			}
 
-			report, err = a.unsafe.run(ctx, held, cfg, r, "scheduled safety=none window", req)
+			report, err = a.unsafe.Run(ctx, held, a.unsafe.request(cfg, r, "scheduled safety=none window", req))
 		} else {
 			req.Covered = covered
 			report, err = a.m.Run(ctx, held, job.Repository, req)
@@ -289,7 +290,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 		return err
 	}
 
-	observeReport(a.met, a.owners, a.self, job.Repository, report, err)
+	maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, report, err)
 
 	return err
 }
