@@ -13,6 +13,7 @@ import (
 
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/repo/blob"
+	"github.com/kopia/kopia/repo/content"
 	"github.com/kopia/kopia/repo/maintenance"
 	"go.uber.org/zap"
 )
@@ -398,7 +399,11 @@ func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
 	ctx, done := s.fence.bound(ctx)
 	defer done()
 
-	if s.fence != nil {
+	// Deleting the marker of one of our own write sessions (kopia does
+	// when a session commits, e.g. the params write before the cycle)
+	// removes nothing of anyone else's: only other deletes wait for the
+	// re-check.
+	if s.fence != nil && !s.ownSessionMarker(id) {
 		if err := s.fence.deletes.pass(ctx); err != nil {
 			return fmt.Errorf("delete %s refused: %w", id, err)
 		}
@@ -439,6 +444,18 @@ func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Byt
 	}
 
 	return err
+}
+
+// ownSessionMarker reports whether id is the session marker of a write
+// session this daemon opened.
+func (s *trackingStorage) ownSessionMarker(id blob.ID) bool {
+	if !strings.HasPrefix(string(id), string(content.BlobIDPrefixSession)) {
+		return false
+	}
+
+	sid := string(content.SessionIDFromBlobID(id))
+
+	return sid != "" && s.book.ours(sid)
 }
 
 // maintenanceScheduleBlobID is the blob kopia keeps its schedule and run
