@@ -94,6 +94,13 @@ func badConfigs() map[string][]string {
 		"lease-namespace-missing.yaml": {
 			`lease.kubernetes.namespace: required with lease kind kubernetes: the pod's namespace is unknown (POD_NAMESPACE is not set and /nonexistent/serviceaccount/namespace is not readable)`,
 		},
+		"lease-settle.yaml": {
+			`lease.repository.settle: must be at most a quarter of lease.duration (2s), so that a claimant's wait leaves the lease time to be renewed, got "3s"`,
+		},
+		"lease-settle-invalid.yaml": {
+			`lease.repository.delay: unknown key`,
+			`lease.repository.settle: must be > 0, got "0s"`,
+		},
 		"lease-renew-interval.yaml": {
 			`lease.renewInterval: must be less than half of lease.duration (30s), so that a renewal may fail once and the next is still in time, got "30s"`,
 		},

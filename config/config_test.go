@@ -60,6 +60,7 @@ repositories:
 			HolderIdentity:          "test-host-deadbeef",
 			HolderIdentityGenerated: true,
 			Kubernetes:              LeaseKubernetes{NamePrefix: "kopia-maintd-"},
+			Repository:              LeaseRepository{Settle: time.Second},
 		},
 		Defaults: defaults,
 		Repositories: []Repository{{

@@ -53,6 +53,11 @@ type rawLease struct {
 	RenewInterval  *string            `yaml:"renewInterval"`
 	HolderIdentity *string            `yaml:"holderIdentity"`
 	Kubernetes     rawLeaseKubernetes `yaml:"kubernetes"`
+	Repository     rawLeaseRepository `yaml:"repository"`
+}
+
+type rawLeaseRepository struct {
+	Settle *string `yaml:"settle"`
 }
 
 type rawLeaseKubernetes struct {

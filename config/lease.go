@@ -63,6 +63,23 @@ type Lease struct {
 	HolderIdentityGenerated bool
 	// Kubernetes configures the Lease objects of the kubernetes kind.
 	Kubernetes LeaseKubernetes
+	// Repository configures the lease record of the repository kind.
+	Repository LeaseRepository
+}
+
+// LeaseRepository configures the leases kept in the repositories' own
+// storage. S3 and filesystem storage write the lease record by
+// compare-and-swap and need nothing here; Settle only serves a storage that
+// turns out not to honour conditional writes (an S3-compatible store that
+// ignores If-None-Match and If-Match, a filesystem without hard links),
+// which falls back to the list-based protocol of one lease blob per holder.
+type LeaseRepository struct {
+	// Settle is how long the list-based protocol waits between writing
+	// its lease blob and listing again: longer than a write takes to
+	// become visible to every lister, and a claimant whose own write took
+	// longer yields. > 0 and at most a quarter of Duration; default
+	// min(Duration/20, 1s).
+	Settle time.Duration
 }
 
 // LeaseKubernetes configures the Lease objects of the kubernetes kind.
@@ -200,6 +217,19 @@ func resolveLease(raw rawLease, repos []Repository, p *problems) Lease {
 		}
 		p.add("lease.renewInterval", "must be less than half of lease.duration (%s), so that a renewal may fail once and the next is still in time, got %s",
 			l.Duration/2, got)
+	}
+
+	l.Repository.Settle = min(l.Duration/20, time.Second)
+	if v := raw.Repository.Settle; v != nil {
+		if d, ok := parseDuration(*v, "lease.repository.settle", p); ok {
+			l.Repository.Settle = d
+			switch {
+			case d <= 0:
+				p.add("lease.repository.settle", "must be > 0, got %q", *v)
+			case durationOK && d > l.Duration/4:
+				p.add("lease.repository.settle", "must be at most a quarter of lease.duration (%s), so that a claimant's wait leaves the lease time to be renewed, got %q", l.Duration/4, *v)
+			}
+		}
 	}
 
 	if v := raw.HolderIdentity; v != nil && *v != "" {

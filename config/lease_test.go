@@ -75,6 +75,23 @@ func mustParseLease(t *testing.T, section string) Lease {
 	return cfg.Lease
 }
 
+// TestLeaseSettleDefault: without lease.repository.settle the list-based
+// fallback waits a twentieth of the duration, at most a second.
+func TestLeaseSettleDefault(t *testing.T) {
+	for _, tc := range []struct {
+		section string
+		want    time.Duration
+	}{
+		{"", time.Second},
+		{"lease: {duration: 8s, renewInterval: 2s}", 400 * time.Millisecond},
+		{"lease: {duration: 8s, renewInterval: 2s, repository: {settle: 2s}}", 2 * time.Second},
+	} {
+		if got := mustParseLease(t, tc.section).Repository.Settle; got != tc.want {
+			t.Errorf("%q: settle %v, want %v", tc.section, got, tc.want)
+		}
+	}
+}
+
 func TestLeaseKeys(t *testing.T) {
 	got := mustParseLease(t, `
 lease:
@@ -85,6 +102,8 @@ lease:
   kubernetes:
     namespace: backup
     namePrefix: maint.
+  repository:
+    settle: 2500ms
 `)
 	want := Lease{
 		Kind:           LeaseKindKubernetes,
@@ -92,6 +111,7 @@ lease:
 		RenewInterval:  20 * time.Second,
 		HolderIdentity: "kopia-maintd-0.velero",
 		Kubernetes:     LeaseKubernetes{Namespace: "backup", NamePrefix: "maint."},
+		Repository:     LeaseRepository{Settle: 2500 * time.Millisecond},
 	}
 	if got != want {
 		t.Errorf("Lease = %+v\nwant    %+v", got, want)

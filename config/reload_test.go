@@ -82,13 +82,15 @@ func TestCheckReload(t *testing.T) {
 				RenewInterval:  30 * time.Second,
 				HolderIdentity: "pinned",
 				Kubernetes:     LeaseKubernetes{Namespace: "backup", NamePrefix: "maint-"},
+				Repository:     LeaseRepository{Settle: 2 * time.Second},
 			}
 		}, `lease.kind: cannot be changed without a restart (was "repository", now "kubernetes")
 lease.duration: cannot be changed without a restart (was 1m0s, now 2m0s)
 lease.renewInterval: cannot be changed without a restart (was 15s, now 30s)
 lease.holderIdentity: cannot be changed without a restart (was "", now "pinned")
 lease.kubernetes.namespace: cannot be changed without a restart (was "", now "backup")
-lease.kubernetes.namePrefix: cannot be changed without a restart (was "kopia-maintd-", now "maint-")`},
+lease.kubernetes.namePrefix: cannot be changed without a restart (was "kopia-maintd-", now "maint-")
+lease.repository.settle: cannot be changed without a restart (was 0s, now 2s)`},
 		{"identity", func(c *Config) { c.Identity.Hostname = "b" },
 			`identity: cannot be changed without a restart (was "maintd@a", now "maintd@b")`},
 		{"everything restart-only", func(c *Config) {

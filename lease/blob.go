@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,12 +50,21 @@ type Entry struct {
 //   - Between claimants that did not see each other before writing (a race:
 //     both listed, then both wrote), the earliest write wins, ties broken by
 //     the holder string. The settle delay must exceed the time from a
-//     claimant's first listing to its write becoming visible, so both see
-//     both.
+//     claimant's write starting to its becoming visible, so both see both:
+//     a claimant whose own write took the settle delay or longer to show
+//     (it lists its blob before returning) yields, because a rival that
+//     wrote later may have listed before it showed.
 //   - A holder renewing loses to an entry written at least duration after
 //     its previous write (someone took over the lease it let go stale), and
 //     loses when its own rewrite came duration or more after the previous
-//     one. Any other entry is a claimant that yields to it.
+//     one. An entry that was listed at our previous write and has been
+//     rewritten since is a second holder renewing (a race nothing above
+//     caught): of the two, the greater holder string yields, and both
+//     reach the same verdict. Any other entry is a claimant that yields to
+//     it.
+//
+// The storages the daemon configures (S3, filesystem) write conditionally,
+// and NewRecord uses this protocol only where a storage turns out not to.
 type blobBackend struct {
 	store  func(name string) Store
 	settle time.Duration
@@ -68,6 +78,10 @@ type blobBackend struct {
 	// our last write. It only decides whether to write at all: the
 	// decisions that count compare storage timestamps.
 	offset map[string]time.Duration
+	// listed is, per lease and holder, the other holders' blobs as our
+	// last listing while holding showed them: a blob rewritten since is
+	// another holder renewing.
+	listed map[blobKey]map[string]time.Time
 }
 
 type blobKey struct{ name, holder string }
@@ -88,6 +102,7 @@ func NewBlob(store func(name string) Store, settle time.Duration, clk clock.Cloc
 		clock:   clk,
 		written: map[blobKey]time.Time{},
 		offset:  map[string]time.Duration{},
+		listed:  map[blobKey]map[string]time.Time{},
 	}
 }
 
@@ -122,6 +137,14 @@ func (b *blobBackend) TryAcquire(ctx context.Context, name, holder string, durat
 		return time.Time{}, fmt.Errorf("write lease blob of %q: %w", name, err)
 	}
 	b.learn(name, at, mine.Written)
+	// The settle delay is only long enough if our own write became
+	// visible within it: a write stamped early but shown late could be
+	// missed by a claimant that wrote after it and listed before it
+	// showed, and both would win.
+	if took := b.clock.Since(at); b.settle > 0 && took >= b.settle {
+		b.drop(ctx, s, holder)
+		return time.Time{}, fmt.Errorf("write lease blob of %q: it took %v to become visible, not within the settle delay %v", name, took, b.settle)
+	}
 	if b.settle > 0 {
 		select {
 		case <-b.clock.After(b.settle):
@@ -164,6 +187,7 @@ func (b *blobBackend) TryAcquire(ctx context.Context, name, holder string, durat
 	}
 	b.mu.Lock()
 	b.written[blobKey{name, holder}] = mine.Written
+	b.listed[blobKey{name, holder}] = others(after, holder, stale)
 	b.mu.Unlock()
 	return at, nil
 }
@@ -196,6 +220,7 @@ func (b *blobBackend) Renew(ctx context.Context, name, holder string, duration t
 	lost := func(err error) (time.Time, error) {
 		b.mu.Lock()
 		delete(b.written, key)
+		delete(b.listed, key)
 		b.mu.Unlock()
 		// Our fresh blob would keep others waiting for a lease we do not
 		// hold.
@@ -209,14 +234,25 @@ func (b *blobBackend) Renew(ctx context.Context, name, holder string, duration t
 	if err != nil {
 		return time.Time{}, fmt.Errorf("list lease blobs of %q: %w", name, err)
 	}
+	b.mu.Lock()
+	before := b.listed[key]
+	b.mu.Unlock()
 	found := false
 	for _, e := range entries {
 		if e.Holder == holder {
 			found = true
 			continue
 		}
-		if mine.Written.Sub(e.Written) < duration && e.Written.Sub(prev) >= duration {
+		live := mine.Written.Sub(e.Written) < duration
+		if live && e.Written.Sub(prev) >= duration {
 			return lost(fmt.Errorf("lease blob of %q taken over by %s: %w", name, e.Holder, ErrLost))
+		}
+		// A blob listed last time and rewritten since is another holder
+		// renewing: a claimant writes once and yields. Two holders
+		// (a race the settle delay did not cover) both see it; the
+		// greater holder string yields, so exactly one keeps the lease.
+		if last, ok := before[e.Holder]; live && ok && e.Written.After(last) && holder > e.Holder {
+			return lost(fmt.Errorf("lease blob of %q also held by %s: %w", name, e.Holder, ErrLost))
 		}
 	}
 	if !found {
@@ -224,14 +260,28 @@ func (b *blobBackend) Renew(ctx context.Context, name, holder string, duration t
 	}
 	b.mu.Lock()
 	b.written[key] = mine.Written
+	b.listed[key] = others(entries, holder, nil)
 	b.mu.Unlock()
 	return at, nil
+}
+
+// others returns the timestamps of the entries not holder's and not in
+// skip.
+func others(entries []Entry, holder string, skip []string) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, e := range entries {
+		if e.Holder != holder && !slices.Contains(skip, e.Holder) {
+			out[e.Holder] = e.Written
+		}
+	}
+	return out
 }
 
 // Release implements Backend: it deletes our blob, which is ours alone.
 func (b *blobBackend) Release(ctx context.Context, name, holder string) error {
 	b.mu.Lock()
 	delete(b.written, blobKey{name, holder})
+	delete(b.listed, blobKey{name, holder})
 	b.mu.Unlock()
 	if err := b.store(name).Delete(ctx, holder); err != nil {
 		return fmt.Errorf("delete lease blob of %q: %w", name, err)

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -389,5 +390,133 @@ func TestBlobManagersHandover(t *testing.T) {
 	}
 	if err := a.Check(); !errors.Is(err, ErrExpired) {
 		t.Errorf("crashed holder's Check: %v, want ErrExpired", err)
+	}
+}
+
+// slowView is a view whose first Put gets its storage timestamp when the
+// upload starts (as S3's LastModified and a filesystem temp file's mtime
+// do) but becomes visible to listers only when release is closed.
+type slowView struct {
+	*view
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (v *slowView) Put(ctx context.Context, holder string) (Entry, error) {
+	w := v.s.clk.Now()
+	v.once.Do(func() { close(v.started); <-v.release })
+	v.s.put(v.name, holder, w)
+	return Entry{Holder: holder, Written: w}, nil
+}
+
+// TestBlobSlowWriteYields: b's write is stamped before a's but shows only
+// after a's settle delay, so a never saw it. b took longer than the settle
+// delay to see its own write and yields: exactly one holder, and renewals
+// agree.
+func TestBlobSlowWriteYields(t *testing.T) {
+	clk := testclock.NewFakeClock(t0)
+	st := newMemStorage(clk)
+	const settle = time.Second
+
+	slow := &slowView{view: &view{s: st, name: "repo"}, started: make(chan struct{}), release: make(chan struct{})}
+	b := NewBlob(func(string) Store { return slow }, settle, clk)
+	a := NewBlob(st.store(nil), settle, clk)
+
+	bErr := make(chan error, 1)
+	go func() { _, err := b.TryAcquire(context.Background(), "repo", "b", blobDuration); bErr <- err }()
+	<-slow.started // b listed (empty) and its upload started at t0
+
+	clk.Step(10 * time.Millisecond)
+	aErr := make(chan error, 1)
+	go func() { _, err := a.TryAcquire(context.Background(), "repo", "a", blobDuration); aErr <- err }()
+	waitWaiters(t, clk, 1)
+	clk.Step(settle)
+	if err := <-aErr; err != nil {
+		t.Fatalf("a: %v", err)
+	}
+
+	close(slow.release) // b's upload shows 1.01s after it started
+	// Should b wait for its settle delay, let it pass.
+	var err error
+	for done := false; !done; {
+		select {
+		case err = <-bErr:
+			done = true
+		default:
+			if clk.Waiters() > 0 {
+				clk.Step(settle)
+			}
+			runtime.Gosched()
+		}
+	}
+	if err == nil {
+		t.Fatalf("b acquired the lease a holds; storage holds %v", st.holders("repo"))
+	}
+	if got := st.holders("repo"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("blobs after the race: %v, want only a's", got)
+	}
+	clk.Step(15 * time.Second)
+	if _, err := a.Renew(context.Background(), "repo", "a", blobDuration); err != nil {
+		t.Errorf("a's renewal: %v", err)
+	}
+	if _, err := b.Renew(context.Background(), "repo", "b", blobDuration); !errors.Is(err, ErrLost) {
+		t.Errorf("b's renewal: %v, want ErrLost", err)
+	}
+}
+
+// hidingView is a view whose listings leave out hidden holders' blobs: a
+// storage that shows another writer's blob late, later than any settle
+// delay.
+type hidingView struct {
+	*view
+	hidden *atomic.Bool
+	holder string
+}
+
+func (v *hidingView) List(ctx context.Context) ([]Entry, error) {
+	all, err := v.view.List(ctx)
+	if !v.hidden.Load() {
+		return all, err
+	}
+	return slices.DeleteFunc(all, func(e Entry) bool { return e.Holder == v.holder }), err
+}
+
+// TestBlobRenewTwoHolders: b missed a's blob (shown to it only later) and
+// both hold the lease. Within two renewals each sees the other renewing;
+// the greater holder string, b, yields, and a keeps the lease.
+func TestBlobRenewTwoHolders(t *testing.T) {
+	clk := testclock.NewFakeClock(t0)
+	st := newMemStorage(clk)
+	var hidden atomic.Bool
+	hidden.Store(true)
+	a := NewBlob(st.store(nil), 0, clk)
+	b := NewBlob(func(name string) Store {
+		return &hidingView{view: &view{s: st, name: name}, hidden: &hidden, holder: "a"}
+	}, 0, clk)
+	if _, err := a.TryAcquire(context.Background(), "repo", "a", blobDuration); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(time.Second)
+	if _, err := b.TryAcquire(context.Background(), "repo", "b", blobDuration); err != nil {
+		t.Fatalf("b (not seeing a): %v", err)
+	}
+	hidden.Store(false)
+	var errA, errB error
+	for round := range 3 {
+		clk.Step(15 * time.Second)
+		_, errA = a.Renew(context.Background(), "repo", "a", blobDuration)
+		if errB == nil {
+			_, errB = b.Renew(context.Background(), "repo", "b", blobDuration)
+		}
+		if errA != nil {
+			t.Fatalf("a's renewal %d: %v", round, errA)
+		}
+	}
+	if !errors.Is(errB, ErrLost) {
+		t.Fatalf("b's renewals: %v, want ErrLost", errB)
+	}
+	if got := st.holders("repo"); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("blobs: %v, want only a's", got)
 	}
 }

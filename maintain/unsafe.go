@@ -163,6 +163,19 @@ type UnsafeRequest struct {
 	RequestedBy string
 	// Run is the cycle's request; Cycle and Unsafe are set by Run.
 	Run repository.RunRequest
+	// Audit, when set, keeps this request's audit record instead of
+	// Unsafe.Audit (e.g. one that writes into the repository under the
+	// request's lease).
+	Audit Auditor
+}
+
+// audit returns the request's Auditor, or def.
+func (r UnsafeRequest) audit(def Auditor) Auditor {
+	if r.Audit != nil {
+		return r.Audit
+	}
+
+	return def
 }
 
 func (u *Unsafe) now() time.Time {
@@ -200,7 +213,7 @@ func (u *Unsafe) Run(ctx context.Context, held *lease.Held, r UnsafeRequest) (*r
 	if !adm.Valid() {
 		err := &GateRefusal{Repository: name, Decision: d}
 		entry.Result, entry.Error = safety.ResultRefused, err.Error()
-		u.finish(log, entry, nil)
+		u.finish(log, r.audit(u.Audit), entry, nil)
 
 		return nil, err
 	}
@@ -257,7 +270,7 @@ func (u *Unsafe) Run(ctx context.Context, held *lease.Held, r UnsafeRequest) (*r
 	wg.Wait()
 
 	entry, err = outcome(entry, name, cause, err, u.now())
-	u.finish(log, entry, report)
+	u.finish(log, r.audit(u.Audit), entry, report)
 
 	return report, err
 }
@@ -303,16 +316,16 @@ func outcome(entry safety.AuditEntry, name string, cause, err error, now time.Ti
 
 // finish writes the audit record, the metrics and the log line of a
 // request's outcome.
-func (u *Unsafe) finish(log *zap.Logger, e safety.AuditEntry, report *repository.Report) {
-	if err := u.Audit.Append(e); err != nil {
-		log.Error("write safety=none audit record", zap.Error(err), zap.String("file", u.Audit.Path(e.Repository)))
+func (u *Unsafe) finish(log *zap.Logger, audit Auditor, e safety.AuditEntry, report *repository.Report) {
+	if err := audit.Append(e); err != nil {
+		log.Error("write safety=none audit record", zap.Error(err), zap.String("file", audit.Path(e.Repository)))
 	}
 
 	if u.Metrics != nil {
 		u.Metrics.UnsafeRun(e.Repository, e.Result)
 	}
 
-	fields := []zap.Field{zap.String("result", e.Result), zap.String("audit_log", u.Audit.Path(e.Repository))}
+	fields := []zap.Field{zap.String("result", e.Result), zap.String("audit_log", audit.Path(e.Repository))}
 
 	switch e.Result {
 	case safety.ResultRefused:

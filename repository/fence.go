@@ -82,6 +82,15 @@ func (m *Manager) leased(ctx context.Context, held *lease.Held, name string) (_ 
 	return ctx, done, nil
 }
 
+// Leased returns ctx carrying the fence of one operation under held, for
+// the repository's own records that callers write outside Run (the
+// safety=none audit record): it refuses with ErrNoLease, like Run, when
+// held is not a valid lease on the named repository. Call done when the
+// operation ends.
+func (m *Manager) Leased(ctx context.Context, held *lease.Held, name string) (_ context.Context, done context.CancelFunc, _ error) {
+	return m.leased(ctx, held, name)
+}
+
 // FencedOperations returns how many storage writes and deletes the fences
 // of the repository refused since the process started.
 func (m *Manager) FencedOperations(name string) int64 {

@@ -53,7 +53,8 @@ func (m *Manager) leaseStorage(ctx context.Context, name string) (blob.Storage, 
 	return st, nil
 }
 
-// LeaseBlobs lists the repository's lease blobs.
+// LeaseBlobs lists the repository's lease blobs of the list-based
+// protocol (the lease record, LeaseRecordBlob, is not one).
 func (m *Manager) LeaseBlobs(ctx context.Context, name string) ([]LeaseBlob, error) {
 	st, err := m.leaseStorage(ctx, name)
 	if err != nil {
@@ -64,7 +65,15 @@ func (m *Manager) LeaseBlobs(ctx context.Context, name string) ([]LeaseBlob, err
 	var out []LeaseBlob
 
 	err = st.ListBlobs(ctx, LeaseBlobPrefix, func(bm blob.Metadata) error {
-		out = append(out, LeaseBlob{Holder: strings.TrimPrefix(string(bm.BlobID), LeaseBlobPrefix), Written: bm.Timestamp})
+		holder := strings.TrimPrefix(string(bm.BlobID), LeaseBlobPrefix)
+		// The lease record and its probe are no holder's blob: holder
+		// names never contain '_'.
+		if strings.HasPrefix(holder, "_") {
+			return nil
+		}
+
+		out = append(out, LeaseBlob{Holder: holder, Written: bm.Timestamp})
+
 		return nil
 	})
 	if err != nil {

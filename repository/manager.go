@@ -46,8 +46,9 @@ type Spec struct {
 
 // Options configure a Manager.
 type Options struct {
-	// StateDirectory holds the private kopia connection files, caches and the
-	// remembered previous owners. It is created with mode 0700.
+	// StateDirectory holds the private kopia connection files and caches
+	// (ownership and audit records live in each repository). It is created
+	// with mode 0700.
 	StateDirectory string
 	Identity       Identity
 	Logger         *zap.Logger
@@ -74,6 +75,8 @@ type Manager struct {
 	books map[string]*sessionBook
 	// fences counts what the fences of each repository refused.
 	fences map[string]*fenceStats
+	// owners holds takeovers not yet recorded in their repository.
+	owners ownerMemory
 }
 
 var validName = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)

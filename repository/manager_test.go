@@ -299,17 +299,14 @@ func setUnowned(t *testing.T, path string) {
 	t.Helper()
 
 	m := newTestManager(t, Identity{Username: "x", Hostname: "y"}, fsSpec("r", path, false, PolicyAlways))
-	if err := m.saveOwnerState("r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
-		t.Fatal(err)
-	}
 
 	if _, err := m.TakeOwnership(context.Background(), testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
-	// TakeOwnership overwrote the memory with the current owner; restore
-	// the memory of an unowned repository and hand back to it.
-	if err := m.saveOwnerState("r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
+	// TakeOwnership recorded the current owner; record an unowned
+	// repository instead and hand back to it.
+	if err := m.writeOwnerRecord(context.Background(), "r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -101,9 +101,14 @@ func decideOwnership(o Ownership, f ownershipFacts) (take bool, reason string, s
 	}
 }
 
-// ownerState is what the daemon remembers about a repository's ownership in
-// the state directory.
+// ownerState is what the daemon remembers about a repository's ownership:
+// the record kept in the repository (see OwnerRecordPrefix), and the format
+// of the state directory file of earlier releases (version 0).
 type ownerState struct {
+	// Version is the record's format; Identity the daemon identity it
+	// belongs to. Both are empty in the state directory file.
+	Version  int    `json:"version,omitempty"`
+	Identity string `json:"identity,omitempty"`
 	// PreviousOwner is the owner we took ownership from; Remembered tells an
 	// unowned repository ("") from no memory at all.
 	PreviousOwner string    `json:"previousOwner"`
@@ -112,6 +117,8 @@ type ownerState struct {
 	Reason        string    `json:"reason,omitempty"`
 }
 
+// ownerStateFile is where earlier releases kept the ownership record; it is
+// only read, to move it into the repository.
 func (m *Manager) ownerStateFile(name string) string {
 	return filepath.Join(m.opts.StateDirectory, "owners", name+".json")
 }
@@ -133,29 +140,6 @@ func (m *Manager) loadOwnerState(name string) (ownerState, error) {
 	}
 
 	return st, nil
-}
-
-func (m *Manager) saveOwnerState(name string, st ownerState) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-
-	file := m.ownerStateFile(name)
-	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
-		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
-	}
-
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
-	}
-
-	if err := os.Rename(tmp, file); err != nil {
-		return fmt.Errorf("repository %q: save remembered owner: %w", name, err)
-	}
-
-	return nil
 }
 
 // lastActivity is the newest completed maintenance task, or the
@@ -184,15 +168,27 @@ func lastActivity(ctx context.Context, dr repo.DirectRepository, s *maintenance.
 }
 
 // ensureOwnership applies the spec's policy before a run and returns the
-// takeover reason when it took ownership (p.Owner is then us). It returns a
-// *NotOwnerError when the run must be skipped.
+// takeover reason when it took ownership: p.Owner is then us, already
+// written to kopia's params. It returns a *NotOwnerError when the run must
+// be skipped.
+//
+// A takeover is recorded (the previous owner, and the time the flap guard
+// counts from) only after kopia's params name us: a failed params write
+// records nothing, so the next attempt decides afresh. When the params were
+// written but the record was not, the run goes on (we are the owner, and
+// maintenance must not stop for bookkeeping): the takeover is kept in memory,
+// counts for the flap guard and hand-back, and is recorded by the next run.
 func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *maintenance.Schedule) (reason string, err error) {
 	self := m.opts.Identity.String()
+	name := s.spec.Name
+
+	m.settleOwnerRecord(s.ctx, name, p.Owner == self, s.log)
+
 	if p.Owner == self {
 		return "", nil
 	}
 
-	st, err := m.loadOwnerState(s.spec.Name)
+	st, _, err := m.loadOwnerRecord(s.ctx, name)
 	if err != nil {
 		return "", err
 	}
@@ -201,7 +197,7 @@ func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *main
 
 	if p.Owner != "" && s.spec.Ownership.Policy == PolicyStale {
 		if facts.LastActivity, err = lastActivity(s.ctx, s.rep, sched); err != nil {
-			return "", fmt.Errorf("repository %q: %w", s.spec.Name, err)
+			return "", fmt.Errorf("repository %q: %w", name, err)
 		}
 	}
 
@@ -210,28 +206,52 @@ func (m *Manager) ensureOwnership(s *session, p *maintenance.Params, sched *main
 		s.log.Warn("maintenance owned by another identity; not taking over",
 			zap.String("owner", p.Owner), zap.String("policy", string(s.spec.Ownership.Policy)), zap.String("reason", skip))
 
-		return "", &NotOwnerError{Repository: s.spec.Name, Owner: p.Owner, Reason: skip}
+		return "", &NotOwnerError{Repository: name, Owner: p.Owner, Reason: skip}
 	}
 
-	if err := m.recordTakeover(s.spec.Name, p.Owner, reason); err != nil {
+	if err := m.changeOwner(s, p, reason); err != nil {
 		return "", err
 	}
-
-	s.log.Info("taking over maintenance ownership",
-		zap.String("previous_owner", p.Owner), zap.String("new_owner", self), zap.String("reason", reason))
-
-	p.Owner = self
 
 	return reason, nil
 }
 
-func (m *Manager) recordTakeover(name, from, reason string) error {
-	return m.saveOwnerState(name, ownerState{
-		PreviousOwner: from,
-		Remembered:    true,
-		TookOverAt:    m.opts.Now(),
-		Reason:        reason,
-	})
+// changeOwner writes us as the owner into kopia's params and then records
+// the takeover. An error means the params write failed; a failed record
+// write is logged and left to the next run (see ensureOwnership).
+func (m *Manager) changeOwner(s *session, p *maintenance.Params, reason string) error {
+	self := m.opts.Identity.String()
+	name := s.spec.Name
+	prev := p.Owner
+	rec := ownerState{PreviousOwner: prev, Remembered: true, TookOverAt: m.opts.Now(), Reason: reason}
+
+	// Until the write returns, whether it landed is unknown: remember the
+	// attempt so that, if the next run finds us the owner, it is recorded.
+	m.owners.set(name, pendingTakeover{state: rec})
+
+	p.Owner = self
+	if err := setParams(s.ctx, s.rep, p, "kopia-maintd: take maintenance ownership"); err != nil {
+		p.Owner = prev
+		return fmt.Errorf("repository %q: write maintenance owner: %w", name, err)
+	}
+
+	m.owners.set(name, pendingTakeover{state: rec, confirmed: true})
+
+	s.log.Info("took over maintenance ownership",
+		zap.String("previous_owner", prev), zap.String("new_owner", self), zap.String("reason", reason))
+
+	if err := m.writeOwnerRecord(s.ctx, name, rec); err != nil {
+		s.log.Error("record ownership takeover; the next run records it", zap.String("previous_owner", prev), zap.Error(err))
+		return nil
+	}
+
+	m.owners.clear(name)
+
+	if err := os.Remove(m.ownerStateFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("remove migrated remembered owner file", zap.Error(err))
+	}
+
+	return nil
 }
 
 // setParams writes maintenance parameters in a short write session.
@@ -267,11 +287,11 @@ func (m *Manager) Owner(ctx context.Context, name string) (*OwnerInfo, error) {
 		return nil, err
 	}
 
-	return m.ownerInfo(name, p.Owner)
+	return m.ownerInfo(s.ctx, name, p.Owner)
 }
 
-func (m *Manager) ownerInfo(name, owner string) (*OwnerInfo, error) {
-	st, err := m.loadOwnerState(name)
+func (m *Manager) ownerInfo(ctx context.Context, name, owner string) (*OwnerInfo, error) {
+	st, _, err := m.loadOwnerRecord(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +310,9 @@ func (m *Manager) ownerInfo(name, owner string) (*OwnerInfo, error) {
 }
 
 // TakeOwnership makes this identity the maintenance owner regardless of the
-// policy (an explicit operator action) and remembers the previous owner.
+// policy (an explicit operator action) and records the previous owner in
+// the repository. When the owner was written but the record could not be,
+// the error says so and names the previous owner.
 //
 // held must be a valid lease on the repository (see Run).
 func (m *Manager) TakeOwnership(ctx context.Context, held *lease.Held, name string) (*OwnerInfo, error) {
@@ -312,23 +334,22 @@ func (m *Manager) TakeOwnership(ctx context.Context, held *lease.Held, name stri
 	}
 
 	self := m.opts.Identity.String()
+
+	m.settleOwnerRecord(s.ctx, name, p.Owner == self, s.log)
+
 	if p.Owner != self {
-		if err := m.recordTakeover(name, p.Owner, ReasonManual); err != nil {
+		prev := p.Owner
+		if err := m.changeOwner(s, p, ReasonManual); err != nil {
 			return nil, err
 		}
 
-		prev := p.Owner
-		p.Owner = self
-
-		if err := setParams(s.ctx, s.rep, p, "kopia-maintd: take maintenance ownership"); err != nil {
-			return nil, fmt.Errorf("repository %q: write maintenance owner: %w", name, err)
+		if _, pending := m.owners.get(name); pending {
+			// A one-shot command's memory ends with it: say what was lost.
+			return nil, fmt.Errorf("repository %q: took maintenance ownership from %q but could not record it in the repository; hand back with --to %q", name, prev, prev)
 		}
-
-		s.log.Info("taking over maintenance ownership",
-			zap.String("previous_owner", prev), zap.String("new_owner", self), zap.String("reason", ReasonManual))
 	}
 
-	return m.ownerInfo(name, p.Owner)
+	return m.ownerInfo(s.ctx, name, p.Owner)
 }
 
 var ownerPattern = regexp.MustCompile(`^[^@\s]+@[^@\s]+$`)
@@ -337,8 +358,9 @@ var ownerPattern = regexp.MustCompile(`^[^@\s]+@[^@\s]+$`)
 var ErrNothingToHandBack = errors.New("no previous owner remembered")
 
 // HandBack gives maintenance ownership to `to`, or when it is empty to the
-// owner this daemon took it from. It only hands back what it owns. held
-// must be a valid lease on the repository (see Run).
+// owner recorded when this identity took it (in the repository, so the
+// record survives restarts and is shared by replicas). It only hands back
+// what it owns. held must be a valid lease on the repository (see Run).
 func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to string) (*OwnerInfo, error) {
 	ctx, done, err := m.leased(ctx, held, name)
 	if err != nil {
@@ -350,7 +372,13 @@ func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to strin
 		return nil, fmt.Errorf("hand back to %q: want user@host", to)
 	}
 
-	st, err := m.loadOwnerState(name)
+	s, err := m.open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+
+	st, _, err := m.loadOwnerRecord(s.ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -362,12 +390,6 @@ func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to strin
 
 		to = st.PreviousOwner
 	}
-
-	s, err := m.open(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
 
 	p, err := s.params()
 	if err != nil {
@@ -384,18 +406,21 @@ func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to strin
 		return nil, fmt.Errorf("repository %q: write maintenance owner: %w", name, err)
 	}
 
-	if err := os.Remove(m.ownerStateFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("repository %q: forget previous owner: %w", name, err)
-	}
-
 	s.log.Info("handed back maintenance ownership", zap.String("previous_owner", self), zap.String("new_owner", to))
 
-	return m.ownerInfo(name, to)
+	// The hand-back happened; a record left behind only names an owner we
+	// no longer hold, and the next takeover replaces it.
+	if err := m.forgetOwnerRecord(s.ctx, name); err != nil {
+		s.log.Warn("forget previous owner after handing back", zap.Error(err))
+	}
+
+	return m.ownerInfo(s.ctx, name, to)
 }
 
 // HandBackOnExit hands ownership back for every repository whose spec asks
-// for it and that this daemon took over, each inside guard (the repository's
-// lease, which it passes to fn). Errors are logged per repository.
+// for it and that this identity took over (by the record in the
+// repository), each inside guard (the repository's lease, which it passes
+// to fn). Errors are logged per repository.
 func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context, *lease.Held) error) error) {
 	for _, name := range m.Names() {
 		spec, err := m.spec(name)
@@ -403,8 +428,13 @@ func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Con
 			continue
 		}
 
-		st, err := m.loadOwnerState(name)
-		if err != nil || !st.Remembered {
+		st, _, err := m.loadOwnerRecord(ctx, name)
+		if err != nil {
+			m.log.Error("hand back ownership on exit", zap.String("repository", name), zap.Error(err))
+			continue
+		}
+
+		if !st.Remembered {
 			continue
 		}
 

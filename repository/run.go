@@ -284,7 +284,8 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 	report.TakeoverReason = reason
 	report.Owner = p.Owner
 
-	if report.TookOver || syncIntervals(p, req) {
+	// A takeover already wrote the owner (ensureOwnership).
+	if syncIntervals(p, req) {
 		if err := setParams(s.ctx, s.rep, p, "kopia-maintd: maintenance params"); err != nil {
 			return nil, fmt.Errorf("repository %q: write maintenance params: %w", name, err)
 		}

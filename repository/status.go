@@ -49,7 +49,7 @@ func (m *Manager) Status(ctx context.Context, name string) (*Status, error) {
 		return nil, err
 	}
 
-	oi, err := m.ownerInfo(name, p.Owner)
+	oi, err := m.ownerInfo(s.ctx, name, p.Owner)
 	if err != nil {
 		return nil, err
 	}

@@ -40,3 +40,19 @@ func testLease(t testing.TB, name string) *lease.Held {
 
 	return held
 }
+
+// passGuard is a HandBackOnExit guard that runs fn inside a free lease.
+func passGuard(ctx context.Context, name string, fn func(context.Context, *lease.Held) error) error {
+	lm, err := lease.New(lease.Options{Backend: freeLeases{}, Holder: "test", Duration: time.Hour, RenewInterval: time.Minute})
+	if err != nil {
+		return err
+	}
+
+	held, err := lm.Acquire(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer held.Release(context.WithoutCancel(ctx)) //nolint:errcheck
+
+	return fn(held.Context(), held)
+}

@@ -3,6 +3,7 @@ package safety
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -42,18 +44,42 @@ type AuditEntry struct {
 	Error        string   `json:"error,omitempty"`
 }
 
-// AuditLog is a durable, append-only JSON-lines log per repository in one
-// directory (the daemon's <stateDirectory>/audit). Each append is fsync'ed
-// before it returns. Safe for concurrent use within one process.
+// AuditLog is an append-only JSON-lines log per repository in one
+// directory (the daemon's <stateDirectory>/audit), and, with WithStore, a
+// copy of every entry kept in the repository itself. Each local append is
+// fsync'ed before it returns. The repository copy is the one that survives a
+// restart on a fresh state directory; the local file keeps an entry the
+// repository refused (lease lost, storage down). Safe for concurrent use
+// within one process.
 type AuditLog struct {
-	dir string
-	mu  sync.Mutex
+	dir   string
+	mu    sync.Mutex
+	store AuditStore
 }
+
+// AuditStore keeps encoded audit entries with the repository they describe
+// (repository.Manager implements it). Records come back oldest first; the
+// store may keep only the newest ones.
+type AuditStore interface {
+	AppendAuditRecord(ctx context.Context, repository string, record []byte) error
+	AuditRecords(ctx context.Context, repository string, n int) ([][]byte, error)
+}
+
+// auditStoreTimeout bounds one append to or read from the store: an audit
+// write must not hang a shutdown or a status command on a dead endpoint.
+const auditStoreTimeout = time.Minute
 
 // NewAuditLog returns the audit log kept in dir; the directory is created on
 // the first append.
 func NewAuditLog(dir string) *AuditLog {
 	return &AuditLog{dir: dir}
+}
+
+// WithStore makes l also append every entry to store and read entries from
+// it, and returns l.
+func (l *AuditLog) WithStore(store AuditStore) *AuditLog {
+	l.store = store
+	return l
 }
 
 // Path returns the file holding repository's entries.
@@ -79,7 +105,9 @@ func auditFileName(repository string) string {
 	return b.String() + ".jsonl"
 }
 
-// Append writes e as one line to its repository's file and syncs it.
+// Append writes e as one line to its repository's file and syncs it, then
+// stores it in the repository when l has a store. Both are attempted; the
+// error names each that failed.
 func (l *AuditLog) Append(e AuditEntry) error {
 	if e.Repository == "" {
 		return errors.New("append audit entry: no repository")
@@ -90,8 +118,23 @@ func (l *AuditLog) Append(e AuditEntry) error {
 		return fmt.Errorf("encode audit entry for repository %q: %w", e.Repository, err)
 	}
 
-	line = append(line, '\n')
+	localErr := l.appendLocal(e.Repository, append(line, '\n'))
 
+	var storeErr error
+
+	if l.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), auditStoreTimeout)
+		defer cancel()
+
+		if err := l.store.AppendAuditRecord(ctx, e.Repository, line); err != nil {
+			storeErr = fmt.Errorf("store audit entry in repository %q: %w", e.Repository, err)
+		}
+	}
+
+	return errors.Join(localErr, storeErr)
+}
+
+func (l *AuditLog) appendLocal(repository string, line []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 
@@ -99,7 +142,7 @@ func (l *AuditLog) Append(e AuditEntry) error {
 		return fmt.Errorf("create audit directory %q: %w", l.dir, err)
 	}
 
-	path := l.Path(e.Repository)
+	path := l.Path(repository)
 
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, fs.ErrNotExist)
@@ -169,9 +212,61 @@ func syncDir(dir string) error {
 }
 
 // Recent returns the last n entries of repository, oldest first (all of
-// them when n <= 0); none when it has no log yet. Lines that do not decode
-// (a torn line left by a crash during an append) are skipped.
+// them when n <= 0); none when it has no log yet. With a store, the entries
+// kept in the repository and those in the local file are merged (an entry
+// in both counts once), ordered by request time. Lines that do not decode
+// (a torn line left by a crash during an append) are skipped. When the
+// store cannot be read, the local entries are returned with the error.
 func (l *AuditLog) Recent(repository string, n int) ([]AuditEntry, error) {
+	local, err := l.recentLocal(repository, n)
+	if err != nil || l.store == nil {
+		return local, err
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), auditStoreTimeout)
+	defer cancel()
+
+	records, err := l.store.AuditRecords(ctx, repository, n)
+	if err != nil {
+		return local, fmt.Errorf("read audit entries kept in repository %q: %w", repository, err)
+	}
+
+	seen := map[string]bool{}
+
+	var out []AuditEntry
+
+	add := func(e AuditEntry) {
+		// Both copies are encodings of one struct: equal bytes, one entry.
+		key, err := json.Marshal(e)
+		if err == nil && seen[string(key)] {
+			return
+		}
+
+		seen[string(key)] = true
+		out = append(out, e)
+	}
+
+	for _, r := range records {
+		var e AuditEntry
+		if json.Unmarshal(r, &e) == nil {
+			add(e)
+		}
+	}
+
+	for _, e := range local {
+		add(e)
+	}
+
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Requested.Before(out[j].Requested) })
+
+	if n > 0 && len(out) > n {
+		out = out[len(out)-n:]
+	}
+
+	return out, nil
+}
+
+func (l *AuditLog) recentLocal(repository string, n int) ([]AuditEntry, error) {
 	path := l.Path(repository)
 
 	f, err := os.Open(path)

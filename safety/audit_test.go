@@ -1,6 +1,8 @@
 package safety
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -138,5 +140,89 @@ func TestAuditFileName(t *testing.T) {
 		if got := auditFileName(name); got != want {
 			t.Errorf("auditFileName(%q) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+// memAuditStore is an AuditStore in memory; failing makes every call fail.
+type memAuditStore struct {
+	records map[string][][]byte
+	failing bool
+}
+
+func (s *memAuditStore) AppendAuditRecord(_ context.Context, repository string, record []byte) error {
+	if s.failing {
+		return errors.New("injected: 503 slow down")
+	}
+
+	if s.records == nil {
+		s.records = map[string][][]byte{}
+	}
+
+	s.records[repository] = append(s.records[repository], append([]byte(nil), record...))
+
+	return nil
+}
+
+func (s *memAuditStore) AuditRecords(_ context.Context, repository string, n int) ([][]byte, error) {
+	if s.failing {
+		return nil, errors.New("injected: 503 slow down")
+	}
+
+	r := s.records[repository]
+	if n > 0 && len(r) > n {
+		r = r[len(r)-n:]
+	}
+
+	return r, nil
+}
+
+// TestAuditLogStoreSurvivesNewStateDirectory: entries appended with a store
+// are read back by an audit log on a new, empty directory (a restarted pod),
+// an entry in both copies counts once, and an entry the store refused stays
+// in the local file and is still listed.
+func TestAuditLogStoreSurvivesNewStateDirectory(t *testing.T) {
+	store := &memAuditStore{}
+	l := NewAuditLog(filepath.Join(t.TempDir(), "audit")).WithStore(store)
+
+	first := auditEntry("r", ResultRefused, testNow)
+	second := auditEntry("r", ResultSuccess, testNow.Add(time.Hour))
+
+	for _, e := range []AuditEntry{first, second} {
+		if err := l.Append(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	restarted := NewAuditLog(filepath.Join(t.TempDir(), "audit")).WithStore(store)
+
+	got, err := restarted.Recent("r", 5)
+	if err != nil || !reflect.DeepEqual(got, []AuditEntry{first, second}) {
+		t.Fatalf("restarted Recent = %+v (%v), want both entries", got, err)
+	}
+
+	got, err = l.Recent("r", 5)
+	if err != nil || !reflect.DeepEqual(got, []AuditEntry{first, second}) {
+		t.Fatalf("Recent with both copies = %+v (%v), want each entry once", got, err)
+	}
+
+	store.failing = true
+	third := auditEntry("r", ResultCancelled, testNow.Add(2*time.Hour))
+
+	if err := l.Append(third); err == nil || !strings.Contains(err.Error(), "store audit entry in repository") {
+		t.Fatalf("Append with the store failing: err = %v, want the store's error", err)
+	}
+
+	store.failing = false
+
+	got, err = l.Recent("r", 2)
+	if err != nil || !reflect.DeepEqual(got, []AuditEntry{second, third}) {
+		t.Fatalf("Recent(2) after a refused store write = %+v (%v), want the newest two", got, err)
+	}
+
+	store.failing = true
+
+	got, err = l.Recent("r", 5)
+	if err == nil || !reflect.DeepEqual(got, []AuditEntry{first, second, third}) {
+		t.Fatalf("Recent with the store unreadable = %+v (%v), want the local entries and an error", got, err)
 	}
 }

@@ -29,11 +29,12 @@ const (
 // Check is one check's verdict with the evidence behind it.
 type Check struct {
 	// Name identifies the check, from a small fixed set (metric label):
-	// velero-server, node-agent, data-path-pods, maintenance-jobs, backups,
+	// velero-installation, velero-server, node-agent, data-path-pods, maintenance-jobs, backups,
 	// restores, podvolumebackups, podvolumerestores, datauploads,
 	// datadownloads, deletebackuprequests, backuprepositories, schedules,
-	// repository-activity, config, and kubernetes for the Kubernetes
-	// checker failing as a whole.
+	// repository-activity, config, and kubernetes or repository-activity
+	// for a checker group that is missing, fails as a whole or reports no
+	// check.
 	Name string `json:"name"`
 	// Namespace is the Velero namespace checked ("" for the repository).
 	Namespace string  `json:"namespace,omitempty"`
@@ -87,11 +88,38 @@ const (
 )
 
 // Gate decides whether a safety=none cycle may run on one repository. The
-// zero value refuses (Allow is false).
+// zero value refuses.
+//
+// Both checker groups are required: a gate without Kubernetes checks, or
+// without repository checks, or whose checker returns no check at all,
+// refuses with a check named after the missing group. There is no way to
+// pass without Kubernetes checks: the configuration always names at least
+// one Velero namespace (safetyNone.veleroNamespaces, default [velero]) and
+// has no setting that says "no Velero to look for", so a gate that skipped
+// the Kubernetes checks could only do so by accident. Without a cluster (a
+// plain filesystem repository) scheduled cycles keep running with
+// SafetyFull, which the gate does not guard; safety=none is refused.
+//
+// Contract for a safety=none run:
+//  1. Admit runs every check and returns the Admission the run needs.
+//  2. WatchKubernetes runs for the whole run and cancels it on a refusal.
+//  3. RecheckKubernetes runs synchronously right before kopia's first
+//     deleting task, and the task starts only when it returns nil. The
+//     watcher's passes are asynchronous: its first pass may still be in
+//     flight, or may have passed minutes ago, when the deleting task is
+//     reached, so no watcher pass ever stands in for this re-check.
+//
+// Check, CheckKubernetes, CheckRepository, RecheckKubernetes and
+// WatchKubernetes may run concurrently on one Gate (the runner re-checks
+// while its watcher runs): they only read the Gate's fields, and the
+// checkers they call must be safe for concurrent use (KubernetesChecks is:
+// it keeps no state between calls). The fields must not change while any
+// of them runs.
 type Gate struct {
-	// Kubernetes checks for Velero activity; nil skips them (no Kubernetes).
+	// Kubernetes checks for Velero activity; required (nil refuses).
 	Kubernetes Checker
-	// Repository checks the repository for foreign writes; nil skips them.
+	// Repository checks the repository for foreign writes; required (nil
+	// refuses).
 	Repository Checker
 	// Allow is safetyNone.allow (global and per repository, combined).
 	Allow bool
@@ -122,8 +150,21 @@ func (g *Gate) now() time.Time {
 // Check runs every check and decides. When Allow is false it refuses with a
 // config check, and still runs the others so that the decision shows what
 // they saw. Both checker groups run concurrently; a group that fails as a
-// whole becomes one refusing check named after it.
+// whole, is missing or returns no check becomes one refusing check named
+// after it.
 func (g *Gate) Check(ctx context.Context) Decision {
+	d, _ := g.check(ctx)
+
+	return d
+}
+
+// groupCounts counts the checks each required group contributed to a
+// decision, for Admission.
+type groupCounts struct {
+	kubernetes, repository int
+}
+
+func (g *Gate) check(ctx context.Context) (Decision, groupCounts) {
 	d := Decision{Repository: g.RepositoryName, At: g.now()}
 
 	if !g.Allow {
@@ -141,7 +182,7 @@ func (g *Gate) Check(ctx context.Context) Decision {
 	d.Checks = append(d.Checks, kube...)
 	d.Checks = append(d.Checks, repo...)
 
-	return decide(d)
+	return decide(d), groupCounts{kubernetes: len(kube), repository: len(repo)}
 }
 
 // CheckKubernetes runs only the Kubernetes checks (the watcher's re-check).
@@ -150,6 +191,19 @@ func (g *Gate) CheckKubernetes(ctx context.Context) Decision {
 	d.Checks = runGroup(ctx, CheckKubernetes, g.Kubernetes)
 
 	return decide(d)
+}
+
+// RecheckKubernetes runs the Kubernetes checks synchronously, for the
+// re-check right before kopia's first deleting task (see Gate), and returns
+// a *RefusedError with the decision when they refuse. It is safe to call
+// while WatchKubernetes runs.
+func (g *Gate) RecheckKubernetes(ctx context.Context) (Decision, error) {
+	d := g.CheckKubernetes(ctx)
+	if !d.Allowed {
+		return d, &RefusedError{Decision: d}
+	}
+
+	return d, nil
 }
 
 // CheckRepository runs only the repository checks (the re-check between
@@ -161,10 +215,12 @@ func (g *Gate) CheckRepository(ctx context.Context) Decision {
 	return decide(d)
 }
 
-// runGroup runs one checker; a nil checker yields no check.
+// runGroup runs one required checker group. A nil checker, a checker error
+// and a checker that returns no check each yield a refusing check named
+// after the group: a group proves nothing unless it reports what it saw.
 func runGroup(ctx context.Context, group string, c Checker) []Check {
 	if c == nil {
-		return nil
+		return []Check{{Name: group, Verdict: Refuse, Reason: "no " + group + " checks configured"}}
 	}
 
 	checks, err := c.Check(ctx)
@@ -172,14 +228,18 @@ func runGroup(ctx context.Context, group string, c Checker) []Check {
 		return append(checks, Check{Name: group, Verdict: Refuse, Reason: err.Error()})
 	}
 
+	if len(checks) == 0 {
+		return []Check{{Name: group, Verdict: Refuse, Reason: group + " checks returned no check"}}
+	}
+
 	return checks
 }
 
-// decide sets Allowed: every check passed or was absent. A check with any
-// other verdict (a checker bug) is turned into a refusal: the gate fails
-// closed.
+// decide sets Allowed: there is at least one check, and every check passed
+// or was absent. A check with any other verdict (a checker bug) is turned
+// into a refusal: the gate fails closed.
 func decide(d Decision) Decision {
-	d.Allowed = true
+	d.Allowed = len(d.Checks) > 0
 
 	for i := range d.Checks {
 		c := &d.Checks[i]
@@ -201,13 +261,11 @@ func decide(d Decision) Decision {
 // WatchKubernetes re-runs the Kubernetes checks now and then every interval
 // until ctx ends. On the first decision that refuses it calls onRefuse once
 // with that decision and returns. A check cut short because ctx ended (the
-// run finished) is not reported. Without Kubernetes checks it returns at
-// once.
+// run finished) is not reported. Without Kubernetes checks the first
+// decision refuses (see runGroup), so onRefuse is called at once. Its passes
+// run asynchronously to the run it watches: they never replace
+// RecheckKubernetes before a deleting task (see Gate).
 func (g *Gate) WatchKubernetes(ctx context.Context, interval time.Duration, onRefuse func(Decision)) {
-	if g.Kubernetes == nil {
-		return
-	}
-
 	t := g.clock().NewTicker(interval)
 	defer t.Stop()
 
@@ -253,27 +311,45 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("safety=none refused for repository %q: %s", e.Decision.Repository, strings.Join(parts, "; "))
 }
 
-// Admission proves that the gate passed: only Admit makes one with a
-// decision inside, so a function that takes an Admission cannot be reached
-// without passing the gate.
+// Admission proves that the gate passed: its fields are unexported, so only
+// Admit makes one that is valid, and a function that takes an Admission
+// cannot be reached without passing the gate. The zero Admission is
+// invalid.
 type Admission struct {
 	decision Decision
+	counts   groupCounts
 }
 
 // Decision returns the decision that admitted the run.
 func (a Admission) Decision() Decision { return a.decision }
 
-// Valid reports whether a came from a passing gate (the zero Admission does
-// not).
-func (a Admission) Valid() bool { return a.decision.Allowed }
+// Valid reports whether a came from a passing gate: its decision allowed
+// the run, and both required groups (Kubernetes and repository) contributed
+// at least one check, none of which refused. The zero Admission is not
+// valid.
+func (a Admission) Valid() bool {
+	if !a.decision.Allowed || a.counts.kubernetes == 0 || a.counts.repository == 0 || len(a.decision.Checks) == 0 {
+		return false
+	}
+
+	for _, c := range a.decision.Checks {
+		if c.Verdict != Pass && c.Verdict != Absent {
+			return false
+		}
+	}
+
+	return true
+}
 
 // Admit runs Check and returns an Admission when it allows the run, or a
 // *RefusedError with the decision.
 func (g *Gate) Admit(ctx context.Context) (Admission, Decision, error) {
-	d := g.Check(ctx)
-	if !d.Allowed {
+	d, counts := g.check(ctx)
+
+	a := Admission{decision: d, counts: counts}
+	if !a.Valid() {
 		return Admission{}, d, &RefusedError{Decision: d}
 	}
 
-	return Admission{decision: d}, d, nil
+	return a, d, nil
 }

@@ -3,6 +3,7 @@ package safety
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -50,9 +51,8 @@ func TestGateCheck(t *testing.T) {
 			"kubernetes=refuse repository-activity=pass"},
 		{"repository checker error", Gate{Allow: true, Kubernetes: checks(pass), Repository: failing(errors.New("list blobs: timeout"))}, false,
 			"backups=pass repository-activity=refuse"},
-		{"nil checkers are skipped", Gate{Allow: true, Repository: checks(quiet)}, true, "repository-activity=pass"},
-		{"invalid verdict refuses", Gate{Allow: true, Kubernetes: checks(Check{Name: CheckBackups, Verdict: "maybe"})}, false,
-			"backups=refuse"},
+		{"invalid verdict refuses", Gate{Allow: true, Kubernetes: checks(Check{Name: CheckBackups, Verdict: "maybe"}), Repository: checks(quiet)}, false,
+			"backups=refuse repository-activity=pass"},
 	}
 
 	for _, tt := range tests {
@@ -72,7 +72,7 @@ func TestGateCheck(t *testing.T) {
 	}
 
 	t.Run("error text is the reason", func(t *testing.T) {
-		g := Gate{Allow: true, Kubernetes: failing(errors.New("kubernetes clients not configured"))}
+		g := Gate{Allow: true, Kubernetes: failing(errors.New("kubernetes clients not configured")), Repository: checks(quiet)}
 		if r := g.Check(context.Background()).Refusals(); len(r) != 1 || r[0].Reason != "kubernetes clients not configured" {
 			t.Errorf("refusals %+v", r)
 		}
@@ -80,14 +80,68 @@ func TestGateCheck(t *testing.T) {
 
 	t.Run("config reason", func(t *testing.T) {
 		d := (&Gate{}).Check(context.Background())
-		if d.Allowed || len(d.Checks) != 1 || d.Checks[0].Reason != "safetyNone.allow is false" {
+		if d.Allowed || len(d.Checks) != 3 || d.Checks[0].Reason != "safetyNone.allow is false" {
 			t.Errorf("zero gate: %+v", d)
 		}
 	})
 }
 
+// TestGateRequiresBothGroups: a gate proves nothing it did not check. A
+// missing checker group, or one that reports no check, refuses; so does a
+// gate without any checker.
+func TestGateRequiresBothGroups(t *testing.T) {
+	pass := Check{Name: CheckBackups, Namespace: "velero", Verdict: Pass, Reason: "no Backup in flight"}
+	quiet := Check{Name: CheckRepositoryActivity, Verdict: Pass, Reason: "quiet for 30m"}
+	none := CheckerFunc(func(context.Context) ([]Check, error) { return nil, nil })
+
+	tests := []struct {
+		name string
+		gate Gate
+		want []Check
+	}{
+		{"no checkers", Gate{Allow: true}, []Check{
+			{Name: CheckKubernetes, Verdict: Refuse, Reason: "no kubernetes checks configured"},
+			{Name: CheckRepositoryActivity, Verdict: Refuse, Reason: "no repository-activity checks configured"},
+		}},
+		{"no kubernetes checker (no cluster)", Gate{Allow: true, Repository: checks(quiet)}, []Check{
+			{Name: CheckKubernetes, Verdict: Refuse, Reason: "no kubernetes checks configured"}, quiet,
+		}},
+		{"no repository checker", Gate{Allow: true, Kubernetes: checks(pass)}, []Check{
+			pass, {Name: CheckRepositoryActivity, Verdict: Refuse, Reason: "no repository-activity checks configured"},
+		}},
+		{"kubernetes checker reports nothing", Gate{Allow: true, Kubernetes: none, Repository: checks(quiet)}, []Check{
+			{Name: CheckKubernetes, Verdict: Refuse, Reason: "kubernetes checks returned no check"}, quiet,
+		}},
+		{"repository checker reports nothing", Gate{Allow: true, Kubernetes: checks(pass), Repository: none}, []Check{
+			pass, {Name: CheckRepositoryActivity, Verdict: Refuse, Reason: "repository-activity checks returned no check"},
+		}},
+	}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.gate.Check(context.Background())
+			if d.Allowed || !slices.EqualFunc(d.Checks, tt.want, func(a, b Check) bool {
+				return a.Name == b.Name && a.Verdict == b.Verdict && a.Reason == b.Reason
+			}) {
+				t.Errorf("decision %+v, want refused with %+v", d, tt.want)
+			}
+
+			if a, _, err := tt.gate.Admit(context.Background()); err == nil || a.Valid() {
+				t.Errorf("Admit: %v, valid %v", err, a.Valid())
+			}
+		})
+	}
+
+	t.Run("a decision without checks refuses", func(t *testing.T) {
+		if decide(Decision{}).Allowed {
+			t.Error("empty decision allowed")
+		}
+	})
+}
+
 func TestGateAdmit(t *testing.T) {
-	g := Gate{RepositoryName: "local", Allow: true, Kubernetes: checks(Check{Name: CheckBackups, Namespace: "velero", Verdict: Refuse, Reason: "Backups in flight (1)"})}
+	g := Gate{RepositoryName: "local", Allow: true, Kubernetes: checks(Check{Name: CheckBackups, Namespace: "velero", Verdict: Refuse, Reason: "Backups in flight (1)"}),
+		Repository: checks(Check{Name: CheckRepositoryActivity, Verdict: Pass})}
 
 	a, d, err := g.Admit(context.Background())
 
@@ -109,6 +163,21 @@ func TestGateAdmit(t *testing.T) {
 
 	if (Admission{}).Valid() {
 		t.Error("zero Admission is valid")
+	}
+
+	// An Admission is only as good as the checks behind it: one that lacks
+	// a group, or holds a refusal, is not valid even with Allowed set.
+	allowed := Decision{Allowed: true, Checks: []Check{{Name: CheckBackups, Verdict: Pass}, {Name: CheckRepositoryActivity, Verdict: Pass}}}
+	for name, a := range map[string]Admission{
+		"no kubernetes check": {decision: allowed, counts: groupCounts{repository: 1}},
+		"no repository check": {decision: allowed, counts: groupCounts{kubernetes: 1}},
+		"not allowed":         {decision: Decision{Checks: allowed.Checks}, counts: groupCounts{kubernetes: 1, repository: 1}},
+		"a refusal inside": {decision: Decision{Allowed: true, Checks: []Check{{Name: CheckBackups, Verdict: Refuse}, {Name: CheckRepositoryActivity, Verdict: Pass}}},
+			counts: groupCounts{kubernetes: 1, repository: 1}},
+	} {
+		if a.Valid() {
+			t.Errorf("%s: Admission valid", name)
+		}
 	}
 }
 
@@ -194,8 +263,15 @@ func TestGateWatchKubernetesCancel(t *testing.T) {
 	g.Kubernetes = CheckerFunc(func(ctx context.Context) ([]Check, error) { return nil, ctx.Err() })
 	g.WatchKubernetes(ctx, time.Second, func(d Decision) { t.Errorf("onRefuse after cancel: %+v", d) })
 
-	// Without Kubernetes checks there is nothing to watch.
-	(&Gate{}).WatchKubernetes(context.Background(), time.Second, func(Decision) { t.Error("onRefuse without checks") })
+	// Without Kubernetes checks nothing proves Velero stays away: the
+	// watcher refuses at once.
+	var got []Decision
+
+	(&Gate{}).WatchKubernetes(context.Background(), time.Second, func(d Decision) { got = append(got, d) })
+
+	if len(got) != 1 || got[0].Allowed || len(got[0].Refusals()) != 1 || got[0].Refusals()[0].Name != CheckKubernetes {
+		t.Errorf("watcher without Kubernetes checks: %+v, want one refusal", got)
+	}
 }
 
 // waitForTicker asserts that the watcher holds its ticker. It makes the

@@ -28,6 +28,7 @@ var (
 	jobsGVR        = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
 	deploymentsGVR = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
 	daemonSetsGVR  = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
+	bslGVR         = schema.GroupVersionResource{Group: "velero.io", Version: "v1", Resource: "backupstoragelocations"}
 )
 
 // veleroKinds are the custom resources with their check names.
@@ -96,6 +97,37 @@ spec:
 `, name)
 }
 
+func deploymentYAML(ns string, replicas int) string {
+	return fmt.Sprintf(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: velero, namespace: %s}
+spec:
+  replicas: %d
+  selector: {matchLabels: {deploy: velero}}
+  template:
+    metadata: {labels: {deploy: velero, component: velero}}
+    spec: {containers: [{name: velero, image: velero/velero}]}
+`, ns, replicas)
+}
+
+func bslYAML(ns string) string {
+	return fmt.Sprintf(`
+apiVersion: velero.io/v1
+kind: BackupStorageLocation
+metadata: {name: default, namespace: %s}
+spec: {provider: aws, objectStorage: {bucket: velero}}
+`, ns)
+}
+
+// installed gives both namespaces a Velero installation (a
+// BackupStorageLocation) and nothing else.
+func installed(t *testing.T, k *harness.Kube) {
+	t.Helper()
+	reset(t, k)
+	k.Apply(t, []byte(bslYAML(veleroNS)), []byte(bslYAML(oadpNS)))
+}
+
 // TestKubernetesChecksRealAPI runs the Kubernetes checks against a real
 // kube-apiserver with the daemon's identity, bound by exactly the RBAC of
 // deploy/base (copied to openshift-adp for the second namespace).
@@ -108,8 +140,12 @@ func TestKubernetesChecksRealAPI(t *testing.T) {
 	role := k.ApplyFile(t, "deploy/base/role.yaml")
 	binding := k.ApplyFile(t, "deploy/base/rolebinding.yaml")
 
-	// The same Role and RoleBinding in openshift-adp, subject unchanged.
+	// The same Role and RoleBinding in openshift-adp, subject unchanged, and
+	// openshift-adp added to the namespace reader's resourceNames, as
+	// deploy/base/role.yaml and namespace-reader.yaml say for a second
+	// Velero namespace.
 	k.Apply(t, inNamespace(t, role[0], oadpNS), inNamespace(t, binding[0], oadpNS))
+	namespaceReader(t, k, veleroNS, oadpNS)
 
 	checks, err := safety.NewKubernetesChecksFromConfig(k.ServiceAccountKubeconfig(t, veleroNS, daemonSA), safety.KubernetesOptions{
 		Namespaces:     []string{veleroNS, oadpNS},
@@ -124,8 +160,12 @@ func TestKubernetesChecksRealAPI(t *testing.T) {
 	gate := &safety.Gate{Kubernetes: checks, Allow: true, RepositoryName: "test"}
 
 	t.Run("CRDs absent pass as absent", func(t *testing.T) {
-		d := gate.Check(ctx(t))
-		if !d.Allowed || len(d.Checks) != 26 {
+		// Without the CRDs, the velero Deployment (scaled to zero) is the
+		// evidence of an installation.
+		k.Apply(t, []byte(deploymentYAML(veleroNS, 0)), []byte(deploymentYAML(oadpNS, 0)))
+
+		d := gate.CheckKubernetes(ctx(t))
+		if !d.Allowed || len(d.Checks) != 28 {
 			t.Fatalf("decision %s", show(d))
 		}
 
@@ -162,17 +202,7 @@ func TestKubernetesChecksRealAPI(t *testing.T) {
 		want     string
 	}{
 		{name: "all clear, finished work everywhere", yaml: []string{
-			`
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: velero, namespace: velero}
-spec:
-  replicas: 0
-  selector: {matchLabels: {deploy: velero}}
-  template:
-    metadata: {labels: {deploy: velero, component: velero}}
-    spec: {containers: [{name: velero, image: velero/velero}]}
-`,
+			deploymentYAML(veleroNS, 0),
 			podYAML(veleroNS, "velero-old", "component: velero"),
 			podYAML(veleroNS, "kopia-maintd-0", "component: velero"), // ignored: our own pod
 			podYAML(veleroNS, "unrelated", "app: other"),
@@ -299,7 +329,7 @@ spec:
 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reset(t, k)
+			installed(t, k)
 
 			for _, y := range tt.yaml {
 				k.Apply(t, []byte(y))
@@ -309,13 +339,108 @@ spec:
 				k.SetStatus(t, s.gvr, s.ns, s.name, s.status)
 			}
 
-			d := gate.Check(ctx(t))
+			d := gate.CheckKubernetes(ctx(t))
 			expect(t, d, tt.check, tt.ns, tt.want)
 		})
 	}
 
-	t.Run("role without list on backups", func(t *testing.T) {
+	// gateFor checks only the given namespaces, with the daemon's identity
+	// and a repository that is quiet.
+	gateFor := func(c *safety.KubernetesChecks, namespaces ...string) *safety.Gate {
+		one := *c
+		one.Namespaces = namespaces
+
+		return &safety.Gate{Kubernetes: &one, Allow: true, RepositoryName: "test",
+			Repository: safety.CheckerFunc(func(context.Context) ([]safety.Check, error) {
+				return []safety.Check{{Name: safety.CheckRepositoryActivity, Verdict: safety.Pass, Reason: "quiet"}}, nil
+			})}
+	}
+
+	t.Run("OADP namespace configured, Velero busy in velero", func(t *testing.T) {
 		reset(t, k)
+		k.Apply(t, []byte(deploymentYAML(veleroNS, 1)), []byte(bslYAML(veleroNS)),
+			[]byte(podYAML(veleroNS, "velero-7d9f", "component: velero")),
+			[]byte(veleroYAML("velero.io/v1", "Backup", "nightly-1", "InProgress", "")))
+		k.SetStatus(t, podsGVR, veleroNS, "velero-7d9f", map[string]any{"phase": "Running"})
+
+		_, d, err := gateFor(checks, oadpNS).Admit(ctx(t))
+
+		r := d.Refusals()
+		if err == nil || d.Allowed || len(r) != 1 || r[0].Name != safety.CheckVeleroInstallation || r[0].Namespace != oadpNS ||
+			r[0].Reason != "no Velero installation found in namespace openshift-adp" {
+			t.Fatalf("Admit: %v; decision %s", err, show(d))
+		}
+
+		if want := `safety=none refused for repository "test": openshift-adp/velero-installation: no Velero installation found in namespace openshift-adp`; err.Error() != want {
+			t.Errorf("error %q, want %q", err, want)
+		}
+	})
+
+	t.Run("velero Deployment at zero replicas and nothing running passes", func(t *testing.T) {
+		reset(t, k)
+		k.Apply(t, []byte(deploymentYAML(veleroNS, 0)))
+
+		a, d, err := gateFor(checks, veleroNS).Admit(ctx(t))
+		if err != nil || !a.Valid() {
+			t.Fatalf("Admit: %v; decision %s", err, show(d))
+		}
+
+		if c := d.Checks[0]; c.Name != safety.CheckVeleroInstallation || c.Verdict != safety.Pass || c.Reason != "velero Deployment found" ||
+			len(c.Evidence) != 1 || !strings.HasPrefix(c.Evidence[0], "Deployment velero/velero replicas desired 0 available 0 ready 0 age ") {
+			t.Errorf("installation check %+v", c)
+		}
+	})
+
+	t.Run("a BackupStorageLocation alone is an installation", func(t *testing.T) {
+		reset(t, k)
+		k.Apply(t, []byte(bslYAML(veleroNS)))
+
+		a, d, err := gateFor(checks, veleroNS).Admit(ctx(t))
+		if err != nil || !a.Valid() {
+			t.Fatalf("Admit: %v; decision %s", err, show(d))
+		}
+
+		if c := d.Checks[0]; c.Name != safety.CheckVeleroInstallation || c.Verdict != safety.Pass || c.Reason != "velero BackupStorageLocation found" ||
+			len(c.Evidence) != 1 || !strings.HasPrefix(c.Evidence[0], "BackupStorageLocation velero/default age ") {
+			t.Errorf("installation check %+v", c)
+		}
+	})
+
+	t.Run("an empty namespace is no installation", func(t *testing.T) {
+		reset(t, k)
+
+		d := gateFor(checks, veleroNS).Check(ctx(t))
+		if r := d.Refusals(); d.Allowed || len(r) != 1 || r[0].Reason != "no Velero installation found in namespace velero" {
+			t.Errorf("decision %s", show(d))
+		}
+	})
+
+	t.Run("a namespace that does not exist", func(t *testing.T) {
+		reset(t, k)
+
+		// With rights on every namespace (the admin), the server answers
+		// NotFound for the namespace and empty lists inside it.
+		admin, err := safety.NewKubernetesChecksFromConfig(k.AdminKubeconfig(t), safety.KubernetesOptions{Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		d := gateFor(admin, "velero-missing").Check(ctx(t))
+		if r := d.Refusals(); d.Allowed || len(r) != 1 || r[0].Name != safety.CheckVeleroInstallation ||
+			r[0].Reason != "no Velero installation found in namespace velero-missing: the namespace does not exist" {
+			t.Errorf("admin: decision %s", show(d))
+		}
+
+		// The daemon's identity has no grant there: every read is forbidden.
+		d = gateFor(checks, "velero-missing").Check(ctx(t))
+		if c := d.Checks[0]; d.Allowed || c.Name != safety.CheckVeleroInstallation || c.Verdict != safety.Refuse ||
+			!strings.Contains(c.Reason, `get namespace velero-missing: namespaces "velero-missing" is forbidden`) {
+			t.Errorf("daemon: decision %s", show(d))
+		}
+	})
+
+	t.Run("role without list on backups", func(t *testing.T) {
+		installed(t, k)
 
 		// deploy/base's Role with one verb less: backups may be got and
 		// watched, not listed.
@@ -345,11 +470,11 @@ spec:
 	})
 
 	t.Run("API server stopped", func(t *testing.T) {
-		reset(t, k)
+		installed(t, k)
 		k.Stop(t)
 
-		d := gate.Check(ctx(t))
-		if d.Allowed || len(d.Checks) != 26 {
+		d := gate.CheckKubernetes(ctx(t))
+		if d.Allowed || len(d.Checks) != 28 {
 			t.Errorf("decision %s", show(d))
 		}
 
@@ -364,6 +489,32 @@ spec:
 	})
 }
 
+// namespaceReader applies deploy/base/namespace-reader.yaml with its
+// ClusterRole's resourceNames set to namespaces.
+func namespaceReader(t *testing.T, k *harness.Kube, namespaces ...string) {
+	t.Helper()
+
+	for _, o := range k.ApplyFile(t, "deploy/base/namespace-reader.yaml") {
+		if o.GetKind() != "ClusterRole" {
+			continue
+		}
+
+		rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+
+		names := make([]any, 0, len(namespaces))
+		for _, ns := range namespaces {
+			names = append(names, ns)
+		}
+
+		rules[0].(map[string]any)["resourceNames"] = names
+		if err := unstructured.SetNestedSlice(o.Object, rules, "rules"); err != nil {
+			t.Fatal(err)
+		}
+
+		k.Apply(t, inNamespace(t, o, ""))
+	}
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -376,8 +527,8 @@ func ctx(t *testing.T) context.Context {
 func expect(t *testing.T, d safety.Decision, check, ns, want string) {
 	t.Helper()
 
-	if len(d.Checks) != 26 {
-		t.Fatalf("%d checks, want 13 in each of 2 namespaces: %s", len(d.Checks), show(d))
+	if len(d.Checks) != 28 {
+		t.Fatalf("%d checks, want 14 in each of 2 namespaces: %s", len(d.Checks), show(d))
 	}
 
 	if d.Allowed != (check == "") {
@@ -416,7 +567,7 @@ func eventually(t *testing.T, gate *safety.Gate, ok func(safety.Decision) bool) 
 	deadline := time.Now().Add(30 * time.Second)
 
 	for {
-		d := gate.Check(ctx(t))
+		d := gate.CheckKubernetes(ctx(t))
 		if ok(d) {
 			return d
 		}
@@ -460,7 +611,7 @@ func inNamespace(t *testing.T, obj *unstructured.Unstructured, ns string) []byte
 func reset(t *testing.T, k *harness.Kube) {
 	t.Helper()
 
-	gvrs := []schema.GroupVersionResource{podsGVR, jobsGVR, deploymentsGVR, daemonSetsGVR}
+	gvrs := []schema.GroupVersionResource{podsGVR, jobsGVR, deploymentsGVR, daemonSetsGVR, bslGVR}
 	for _, v := range veleroKinds {
 		gvrs = append(gvrs, v.gvr)
 	}

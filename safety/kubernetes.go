@@ -25,7 +25,8 @@ const maxEvidence = 10
 // KubernetesOptions configures KubernetesChecks.
 type KubernetesOptions struct {
 	// Namespaces where Velero runs (velero; OADP: openshift-adp). At least
-	// one is required.
+	// one is required, and each must hold a Velero installation (the
+	// velero Deployment or a BackupStorageLocation) or the checks refuse.
 	Namespaces []string
 	// IgnorePods names pods that never count as Velero activity, e.g. the
 	// daemon's own pod when it runs as a sidecar.
@@ -41,11 +42,13 @@ type KubernetesOptions struct {
 }
 
 // KubernetesChecks is the Checker for Velero activity seen through the
-// Kubernetes API: per namespace, one Check per signal (velero-server,
-// node-agent, data-path-pods, maintenance-jobs, then one per Velero kind and
-// schedules). It fails closed: an API error, a timeout or a missing
-// permission refuses that signal; only a Velero kind whose CRD is not
-// installed is Absent.
+// Kubernetes API: per namespace, one Check per signal (velero-installation,
+// velero-server, node-agent, data-path-pods, maintenance-jobs, then one per
+// Velero kind and schedules). It fails closed: an API error, a timeout or a
+// missing permission refuses that signal; only a Velero kind whose CRD is
+// not installed is Absent. A namespace without positive evidence of a
+// Velero installation refuses (velero-installation), as every other signal
+// passes on an empty or missing namespace.
 type KubernetesChecks struct {
 	KubernetesOptions
 
@@ -132,7 +135,8 @@ func (o KubernetesOptions) now() time.Time {
 	return time.Now()
 }
 
-// Check runs every signal in every namespace. It returns an error only when
+// Check runs every signal in every namespace. It is safe for concurrent
+// use: it keeps no state between calls. It returns an error only when
 // the checks are not set up (no namespace, a nil client); the gate turns
 // that into a refusal.
 func (k *KubernetesChecks) Check(ctx context.Context) ([]Check, error) {
@@ -160,9 +164,13 @@ func (k *KubernetesChecks) Check(ctx context.Context) ([]Check, error) {
 func (k *KubernetesChecks) checkNamespace(ctx context.Context, ns string, avail availability) []Check {
 	now := k.now()
 
-	var out []Check
+	// One get of the velero Deployment serves both the installation and
+	// the velero-server checks, so that they cannot disagree.
+	deploy, depErr := k.getVeleroDeployment(ctx, ns)
 
-	out = append(out, k.checkPods(ctx, ns, now)...)
+	out := []Check{k.checkInstallation(ctx, ns, deploy, depErr, avail, now)}
+
+	out = append(out, k.checkPods(ctx, ns, deploy, depErr, now)...)
 	out = append(out, k.checkMaintenanceJobs(ctx, ns, now))
 
 	for _, s := range phaseSignals {

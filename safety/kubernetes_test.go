@@ -29,20 +29,21 @@ var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 // veleroResources are the resources a cluster with Velero's CRDs serves.
 var veleroResources = map[schema.GroupVersion][]string{
 	veleroV1: {"backups", "restores", "podvolumebackups", "podvolumerestores", "deletebackuprequests",
-		"backuprepositories", "schedules"},
+		"backuprepositories", "schedules", "backupstoragelocations"},
 	veleroV2alpha1: {"datauploads", "datadownloads"},
 }
 
 var listKinds = map[schema.GroupVersionResource]string{
-	veleroV1.WithResource("backups"):              "BackupList",
-	veleroV1.WithResource("restores"):             "RestoreList",
-	veleroV1.WithResource("podvolumebackups"):     "PodVolumeBackupList",
-	veleroV1.WithResource("podvolumerestores"):    "PodVolumeRestoreList",
-	veleroV1.WithResource("deletebackuprequests"): "DeleteBackupRequestList",
-	veleroV1.WithResource("backuprepositories"):   "BackupRepositoryList",
-	veleroV1.WithResource("schedules"):            "ScheduleList",
-	veleroV2alpha1.WithResource("datauploads"):    "DataUploadList",
-	veleroV2alpha1.WithResource("datadownloads"):  "DataDownloadList",
+	veleroV1.WithResource("backups"):                "BackupList",
+	veleroV1.WithResource("restores"):               "RestoreList",
+	veleroV1.WithResource("podvolumebackups"):       "PodVolumeBackupList",
+	veleroV1.WithResource("podvolumerestores"):      "PodVolumeRestoreList",
+	veleroV1.WithResource("deletebackuprequests"):   "DeleteBackupRequestList",
+	veleroV1.WithResource("backuprepositories"):     "BackupRepositoryList",
+	veleroV1.WithResource("schedules"):              "ScheduleList",
+	veleroV1.WithResource("backupstoragelocations"): "BackupStorageLocationList",
+	veleroV2alpha1.WithResource("datauploads"):      "DataUploadList",
+	veleroV2alpha1.WithResource("datadownloads"):    "DataDownloadList",
 }
 
 type fakeCluster struct {
@@ -54,11 +55,17 @@ type fakeCluster struct {
 
 // newFakeCluster returns checks of namespace velero over fake clients holding
 // objs (typed objects go to the clientset, unstructured ones to the dynamic
-// client); every Velero CRD is installed.
+// client); every Velero CRD is installed. The namespaces velero and
+// openshift-adp exist, and velero holds a Velero installation: the
+// BackupStorageLocation velero/default (removed by noInstallation).
 func newFakeCluster(t *testing.T, objs ...runtime.Object) *fakeCluster {
 	t.Helper()
 
-	var typed, custom []runtime.Object
+	typed := []runtime.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "velero"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "openshift-adp"}},
+	}
+	custom := []runtime.Object{velero(veleroV1, "BackupStorageLocation", "default", "Available", nil)}
 
 	for _, o := range objs {
 		if _, ok := o.(*unstructured.Unstructured); ok {
@@ -96,6 +103,17 @@ func newFakeCluster(t *testing.T, objs ...runtime.Object) *fakeCluster {
 		kube: kube,
 		dyn:  dyn,
 		disc: disc,
+	}
+}
+
+// noInstallation deletes the BackupStorageLocation that newFakeCluster
+// makes as the velero namespace's evidence of an installation.
+func (f *fakeCluster) noInstallation(t *testing.T) {
+	t.Helper()
+
+	err := f.dyn.Resource(backupStorageLocationsGVR).Namespace("velero").Delete(context.Background(), "default", metav1.DeleteOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -297,7 +315,7 @@ func TestKubernetesChecksPass(t *testing.T) {
 
 	checks := f.run(t)
 
-	want := []string{CheckVeleroServer, CheckNodeAgent, CheckDataPathPods, CheckMaintenanceJobs, CheckBackups,
+	want := []string{CheckVeleroInstallation, CheckVeleroServer, CheckNodeAgent, CheckDataPathPods, CheckMaintenanceJobs, CheckBackups,
 		CheckRestores, CheckPodVolumeBackups, CheckPodVolumeRestores, CheckDataUploads, CheckDataDownloads,
 		CheckDeleteBackupRequests, CheckBackupRepositories, CheckSchedules}
 
@@ -305,6 +323,16 @@ func TestKubernetesChecksPass(t *testing.T) {
 
 	for _, c := range checks {
 		got = append(got, c.Name)
+
+		if c.Name == CheckVeleroInstallation {
+			// The one pass with evidence: what proves Velero is installed.
+			if c.Verdict != Pass || c.Reason != "velero Deployment found" ||
+				!slices.Equal(c.Evidence, []string{"Deployment velero/velero replicas desired 0 available 0 ready 0 age 0s"}) {
+				t.Errorf("%s: %+v, want a pass naming the 0-replica Deployment", c.Name, c)
+			}
+
+			continue
+		}
 
 		if c.Verdict != Pass || c.Namespace != "velero" || c.Reason == "" || len(c.Evidence) != 0 {
 			t.Errorf("%s: %+v, want a pass in velero with a reason and no evidence", c.Name, c)
@@ -425,7 +453,12 @@ func TestKubernetesChecksErrorsRefuse(t *testing.T) {
 		f.kube.PrependReactor("get", "deployments", func(clienttesting.Action) (bool, runtime.Object, error) {
 			return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "apps", Resource: "deployments"}, "velero", errors.New("no"))
 		})
-		expectOnly(t, f.run(t), CheckVeleroServer, Refuse, "get deployment velero")
+		checks := f.run(t)
+		for _, name := range []string{CheckVeleroInstallation, CheckVeleroServer} {
+			if c := byName(checks, name); c.Verdict != Refuse || !strings.Contains(c.Reason, "get deployment velero: deployments.apps \"velero\" is forbidden") {
+				t.Errorf("%s: %+v, want refuse", name, c)
+			}
+		}
 	})
 
 	t.Run("forbidden daemonset get", func(t *testing.T) {
@@ -479,12 +512,15 @@ func TestKubernetesChecksNamespaces(t *testing.T) {
 	p := pod("velero-abc", corev1.PodRunning, map[string]string{"component": "velero"})
 	p.Namespace = "openshift-adp"
 
-	f := newFakeCluster(t, p)
+	bsl := velero(veleroV1, "BackupStorageLocation", "default", "Available", nil)
+	bsl.SetNamespace("openshift-adp")
+
+	f := newFakeCluster(t, p, bsl)
 	f.checks.Namespaces = []string{"velero", "openshift-adp"}
 
 	checks := f.run(t)
-	if len(checks) != 26 {
-		t.Fatalf("%d checks, want 13 per namespace", len(checks))
+	if len(checks) != 28 {
+		t.Fatalf("%d checks, want 14 per namespace", len(checks))
 	}
 
 	for _, c := range checks {

@@ -78,8 +78,10 @@ func (k *KubernetesChecks) listPods(ctx context.Context, ns string) ([]corev1.Po
 	}
 }
 
-// checkPods returns the velero-server, node-agent and data-path-pods checks.
-func (k *KubernetesChecks) checkPods(ctx context.Context, ns string, now time.Time) []Check {
+// checkPods returns the velero-server, node-agent and data-path-pods checks;
+// deploy is the velero Deployment (nil when there is none) or depErr the
+// failure to get it.
+func (k *KubernetesChecks) checkPods(ctx context.Context, ns string, deploy *appsv1.Deployment, depErr error, now time.Time) []Check {
 	var server, agent, dataPath []string
 
 	pods, podErr := k.listPods(ctx, ns)
@@ -112,15 +114,13 @@ func (k *KubernetesChecks) checkPods(ctx context.Context, ns string, now time.Ti
 
 	// velero-server: the Deployment first (a bare scale-up makes no pod yet),
 	// then its pods.
-	deploy, depErr := k.veleroDeployment(ctx, ns, now)
-
 	switch {
 	case depErr != nil:
 		out = append(out, refuseErr(CheckVeleroServer, ns, "get deployment velero", depErr))
 	case podErr != nil:
 		out = append(out, refuseErr(CheckVeleroServer, ns, "list pods", podErr))
 	default:
-		out = append(out, verdictFrom(CheckVeleroServer, ns, append(deploy, server...),
+		out = append(out, verdictFrom(CheckVeleroServer, ns, append(deploymentEvidence(deploy, now), server...),
 			"velero server deployment or pods running", "no velero deployment replicas and no velero pod running"))
 	}
 
@@ -146,9 +146,9 @@ func (k *KubernetesChecks) checkPods(ctx context.Context, ns string, now time.Ti
 	return out
 }
 
-// veleroDeployment returns evidence when Deployment velero wants or has any
-// replica. A missing Deployment is no evidence.
-func (k *KubernetesChecks) veleroDeployment(ctx context.Context, ns string, now time.Time) ([]string, error) {
+// getVeleroDeployment gets Deployment velero of ns; nil without error when
+// there is none.
+func (k *KubernetesChecks) getVeleroDeployment(ctx context.Context, ns string) (*appsv1.Deployment, error) {
 	cctx, cancel := k.callCtx(ctx)
 	defer cancel()
 
@@ -161,18 +161,30 @@ func (k *KubernetesChecks) veleroDeployment(ctx context.Context, ns string, now 
 		return nil, err
 	}
 
-	if deploymentIdle(d) {
-		return nil, nil
+	return d, nil
+}
+
+// deploymentEvidence returns evidence of activity when the velero
+// Deployment d wants or has any replica. No Deployment is no evidence of
+// activity here; the velero-installation check refuses a namespace with no
+// sign of Velero at all.
+func deploymentEvidence(d *appsv1.Deployment, now time.Time) []string {
+	if d == nil || deploymentIdle(d) {
+		return nil
 	}
 
+	return []string{describeDeployment(d, now)}
+}
+
+func describeDeployment(d *appsv1.Deployment, now time.Time) string {
 	desired := int32(1) // nil replicas defaults to 1
 	if d.Spec.Replicas != nil {
 		desired = *d.Spec.Replicas
 	}
 
-	return []string{fmt.Sprintf("Deployment %s/%s replicas desired %d available %d ready %d %s",
+	return fmt.Sprintf("Deployment %s/%s replicas desired %d available %d ready %d %s",
 		d.Namespace, d.Name, desired, d.Status.AvailableReplicas, d.Status.ReadyReplicas,
-		age(now, d.CreationTimestamp.Time))}, nil
+		age(now, d.CreationTimestamp.Time))
 }
 
 func deploymentIdle(d *appsv1.Deployment) bool {

@@ -73,7 +73,7 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 
 		if lvl == safety.None {
 			u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
-			rep, err = u.Run(ctx, held, u.request(cfg, rc, requester(), req))
+			rep, err = u.Run(ctx, held, u.request(cfg, rc, held, requester(), req))
 		} else {
 			rep, err = mgr.Run(ctx, held, rc.Name, req)
 		}

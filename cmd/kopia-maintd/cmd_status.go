@@ -65,7 +65,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	ctx := context.Background()
 	now := time.Now()
 	failed := 0
-	audit := safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit"))
+	audit := safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit")).WithStore(mgr)
 	lm, lerr := newLeases(cfg, mgr, nil, zap.NewNop())
 
 	var out []repoStatus

@@ -54,12 +54,15 @@ func newLeases(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics
 
 		backend = lease.NewKubernetes(cs.CoordinationV1(), lc.Kubernetes.Namespace, lc.Kubernetes.NamePrefix, nil)
 	default:
-		// Storage offers no compare-and-swap: two acquirers both write,
-		// wait this long for the storage to show both, and the later
-		// yields. S3 and filesystems read their own writes, so a short
-		// settle suffices: a twentieth of the duration, at most a second.
-		settle := min(lc.Duration/20, time.Second)
-		backend = lease.NewBlob(func(name string) lease.Store { return maintain.BlobLeaseStore{Blobs: mgr, Name: name} }, settle, nil)
+		// One lease record per repository, written by compare-and-swap
+		// (S3 conditional writes, exclusive file creation). The lease
+		// blobs of the list-based protocol are what older daemons write
+		// (respected until stale) and the fallback for a storage that
+		// cannot write conditionally, with lease.repository.settle.
+		backend = lease.NewRecord(
+			func(name string) lease.Record { return mgr.LeaseRecord(name) },
+			func(name string) lease.Store { return maintain.BlobLeaseStore{Blobs: mgr, Name: name} },
+			lc.Repository.Settle, nil)
 	}
 
 	var rec lease.Recorder

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
@@ -29,13 +30,16 @@ type unsafeRunner struct {
 	// request is refused.
 	kube    *safety.KubernetesChecks
 	kubeErr error
+	// auditDir holds the local audit files.
+	auditDir string
 }
 
 // newUnsafeRunner builds the runner; met is nil in one-shot commands.
 func newUnsafeRunner(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics, log *zap.Logger) *unsafeRunner {
 	u := &unsafeRunner{
-		Unsafe: &maintain.Unsafe{Runner: mgr, Audit: safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit")), Log: log},
-		mgr:    mgr,
+		Unsafe:   &maintain.Unsafe{Runner: mgr, Audit: safety.NewAuditLog(filepath.Join(cfg.StateDirectory, "audit")), Log: log},
+		mgr:      mgr,
+		auditDir: filepath.Join(cfg.StateDirectory, "audit"),
 	}
 	if met != nil {
 		u.Metrics = met
@@ -74,10 +78,33 @@ func (u *unsafeRunner) gate(cfg *config.Config, r config.Repository) *safety.Gat
 	}
 }
 
-// request is the safety=none request of a full cycle of r.
-func (u *unsafeRunner) request(cfg *config.Config, r config.Repository, requestedBy string, req repository.RunRequest) maintain.UnsafeRequest {
+// request is the safety=none request of a full cycle of r inside held.
+// Its audit record is also kept in the repository, written inside the
+// lease like every other write.
+func (u *unsafeRunner) request(cfg *config.Config, r config.Repository, held *lease.Held, requestedBy string, req repository.RunRequest) maintain.UnsafeRequest {
 	return maintain.UnsafeRequest{
 		Gate: u.gate(cfg, r), QuietPeriod: cfg.SafetyNone.QuietPeriod, WatchInterval: cfg.SafetyNone.WatchInterval,
 		RequestedBy: requestedBy, Run: req,
+		Audit: safety.NewAuditLog(u.auditDir).WithStore(leasedAuditStore{mgr: u.mgr, held: held}),
 	}
+}
+
+// leasedAuditStore keeps audit records in the repository under a lease.
+type leasedAuditStore struct {
+	mgr  *repository.Manager
+	held *lease.Held
+}
+
+func (s leasedAuditStore) AppendAuditRecord(ctx context.Context, name string, record []byte) error {
+	ctx, done, err := s.mgr.Leased(ctx, s.held, name)
+	if err != nil {
+		return err
+	}
+	defer done()
+
+	return s.mgr.AppendAuditRecord(ctx, name, record)
+}
+
+func (s leasedAuditStore) AuditRecords(ctx context.Context, name string, n int) ([][]byte, error) {
+	return s.mgr.AuditRecords(ctx, name, n)
 }

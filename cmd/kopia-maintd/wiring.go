@@ -272,7 +272,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 				return ferr
 			}
 
-			report, err = a.unsafe.Run(ctx, held, a.unsafe.request(cfg, r, "scheduled safety=none window", req))
+			report, err = a.unsafe.Run(ctx, held, a.unsafe.request(cfg, r, held, "scheduled safety=none window", req))
 		} else {
 			req.Covered = covered
 			report, err = a.m.Run(ctx, held, job.Repository, req)

@@ -37,6 +37,15 @@ func newGateEnv(t *testing.T, s3Endpoint func(mc *harness.MinIO) string, watchIn
 	kube.InstallCRDs(t)
 	kube.ApplyFile(t, "deploy/base/role.yaml")
 	kube.ApplyFile(t, "deploy/base/rolebinding.yaml")
+	kube.ApplyFile(t, "deploy/base/namespace-reader.yaml")
+	// Velero's installation, as the gate requires one in each namespace it
+	// checks: its BackupStorageLocation (the server is not running).
+	kube.Apply(t, []byte(`
+apiVersion: velero.io/v1
+kind: BackupStorageLocation
+metadata: {name: default, namespace: velero}
+spec: {provider: aws, objectStorage: {bucket: backups}}
+`))
 	kubeconfig := kube.ServiceAccountKubeconfig(t, "velero", "kopia-maintd")
 
 	mc := harness.StartMinIO(t)

@@ -26,12 +26,14 @@ const (
 	otherVeleroNS = "openshift-adp"
 	rbacRoleFile  = "deploy/base/role.yaml"
 	rbacBindFile  = "deploy/base/rolebinding.yaml"
+	nsReaderFile  = "deploy/base/namespace-reader.yaml"
 	leaseRoleFile = "deploy/base/lease-role.yaml"
 	leaseBindFile = "deploy/base/lease-rolebinding.yaml"
 )
 
 var (
 	podsGVR        = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	namespacesGVR  = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 	secretsGVR     = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 	configMapsGVR  = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
 	jobsGVR        = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
@@ -52,6 +54,7 @@ var veleroResources = []struct {
 	{"velero.io/v1", "PodVolumeRestore", "podvolumerestores"},
 	{"velero.io/v1", "DeleteBackupRequest", "deletebackuprequests"},
 	{"velero.io/v1", "BackupRepository", "backuprepositories"},
+	{"velero.io/v1", "BackupStorageLocation", "backupstoragelocations"},
 	{"velero.io/v2alpha1", "DataUpload", "datauploads"},
 	{"velero.io/v2alpha1", "DataDownload", "datadownloads"},
 }
@@ -101,9 +104,11 @@ func dynamicFromKubeconfig(t *testing.T, path string) (dynamic.Interface, string
 }
 
 // TestDeployRBAC binds the daemon's ServiceAccount with the Role and
-// RoleBinding files of deploy/base as they are, and checks with a token of
-// that ServiceAccount that it can read everything the gate reads in velero
-// and nothing else: no Secrets, no writes, nothing in other namespaces.
+// RoleBinding files of deploy/base as they are, and the ClusterRole of
+// namespace-reader.yaml, and checks with a token of that ServiceAccount that
+// it can read everything the gate reads in velero, get the namespace velero
+// itself, and nothing else: no Secrets, no writes, nothing in other
+// namespaces, no other namespace.
 func TestDeployRBAC(t *testing.T) {
 	t.Parallel()
 	k := startKube(t)
@@ -124,6 +129,10 @@ func TestDeployRBAC(t *testing.T) {
 	subject := subjects[0].(map[string]any)
 	if subject["kind"] != "ServiceAccount" || subject["name"] != daemonSA || subject["namespace"] != veleroNS {
 		t.Fatalf("RoleBinding subject = %v, want ServiceAccount %s/%s", subject, veleroNS, daemonSA)
+	}
+	nsReader := k.ApplyFile(t, nsReaderFile)
+	if len(nsReader) != 2 || nsReader[0].GetKind() != "ClusterRole" || nsReader[1].GetKind() != "ClusterRoleBinding" {
+		t.Fatalf("%s: want a ClusterRole and a ClusterRoleBinding, got %v", nsReaderFile, nsReader)
 	}
 
 	// Something to find in each namespace: the gate's reads must see objects,
@@ -180,6 +189,10 @@ spec:
 	if pods, err := dyn.Resource(podsGVR).Namespace(veleroNS).List(ctx(t), metav1.ListOptions{LabelSelector: "component=velero"}); err != nil || len(pods.Items) != 1 {
 		t.Errorf("list velero pods in %s: %v, %v", veleroNS, err, pods)
 	}
+	// The gate gets the namespace itself, to tell a missing one.
+	if n, err := dyn.Resource(namespacesGVR).Get(ctx(t), veleroNS, metav1.GetOptions{}); err != nil || n.GetName() != veleroNS {
+		t.Errorf("get namespace %s: %v", veleroNS, err)
+	}
 
 	forbidden := []struct {
 		what string
@@ -203,6 +216,18 @@ spec:
 		}},
 		{"list pods in " + otherVeleroNS, func() error {
 			_, err := dyn.Resource(podsGVR).Namespace(otherVeleroNS).List(ctx(t), metav1.ListOptions{})
+			return err
+		}},
+		{"get namespace " + otherVeleroNS, func() error {
+			_, err := dyn.Resource(namespacesGVR).Get(ctx(t), otherVeleroNS, metav1.GetOptions{})
+			return err
+		}},
+		{"list namespaces", func() error {
+			_, err := dyn.Resource(namespacesGVR).List(ctx(t), metav1.ListOptions{})
+			return err
+		}},
+		{"update namespace velero", func() error {
+			_, err := dyn.Resource(namespacesGVR).Patch(ctx(t), veleroNS, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
 			return err
 		}},
 		{"list backups in all namespaces", func() error {
