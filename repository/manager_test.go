@@ -306,7 +306,13 @@ func setUnowned(t *testing.T, path string) {
 
 	// TakeOwnership recorded the current owner; record an unowned
 	// repository instead and hand back to it.
-	if err := m.writeOwnerRecord(context.Background(), "r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
+	ctx, done, err := m.Leased(context.Background(), testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	if err := m.writeOwnerRecord(ctx, "r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
 		t.Fatal(err)
 	}
 

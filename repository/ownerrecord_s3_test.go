@@ -36,7 +36,13 @@ func TestOwnerAndAuditRecordsOnMinIO(t *testing.T) {
 		t.Fatalf("takeover: err = %v, report %+v", err, rep)
 	}
 
-	if err := first.AppendAuditRecord(ctx, "r", []byte(`{"repository":"r","result":"refused"}`)); err != nil {
+	lctx, done, err := first.Leased(ctx, testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	if err := first.AppendAuditRecord(lctx, "r", []byte(`{"repository":"r","result":"refused"}`)); err != nil {
 		t.Fatal(err)
 	}
 

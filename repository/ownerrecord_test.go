@@ -316,9 +316,15 @@ func TestAuditRecordsKeepTheNewest(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	lctx, done, err := us.Leased(ctx, testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
 	total := AuditRecordsKept + 3
 	for i := range total {
-		if err := us.AppendAuditRecord(ctx, "r", fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+		if err := us.AppendAuditRecord(lctx, "r", fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
 			t.Fatal(err)
 		}
 
