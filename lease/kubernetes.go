@@ -1,5 +1,35 @@
 package lease
 
+// Why this backend and not client-go's leader election
+// (k8s.io/client-go/tools/leaderelection and its resourcelock.LeaseLock):
+//
+//   - leaderelection.LeaderElector runs one long-lived election per
+//     process, with its own acquire/renew loop, retry period and renew
+//     deadline, and reports through OnStartedLeading/OnStoppedLeading
+//     callbacks. Here there is one Lease per repository, taken for one run
+//     and released at its end, with the caller's context and deadline on
+//     every request (the Backend interface's TryAcquire, Renew and Release),
+//     while Held does the renewing, the wall-clock watchdog and the
+//     storage fencing for both backends alike. An elector per run would
+//     duplicate that loop and hide its deadline from the fence.
+//   - resourcelock.LeaseLock alone (its Get/Create/Update, without the
+//     elector) keeps the Lease last read in an unexported field, one lock
+//     value per Lease and not safe for concurrent use, and its Get returns
+//     a LeaderElectionRecord without the resourceVersion. This backend
+//     judges staleness by the resourceVersion it observed, unchanged, for
+//     the lease's duration on its own clock. leaderelection itself compares
+//     the record's JSON, whose times have whole seconds only, so two
+//     renewals within one second look like none to an observer using it.
+//   - What is left to share is three API calls and the conversion of a
+//     record to a LeaseSpec; this file does them in a few lines, with the
+//     renewTime forced forward on every write (see setHolder) so that each
+//     write changes the resourceVersion.
+//
+// The Lease objects are ordinary coordination.k8s.io/v1 Leases with
+// holderIdentity, leaseDurationSeconds, acquireTime, renewTime and
+// leaseTransitions set as leaderelection sets them, so kubectl and other
+// tools read them as usual.
+
 import (
 	"context"
 	"fmt"

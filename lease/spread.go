@@ -7,6 +7,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // Spread spreads repositories between replicas that share a configuration.
@@ -39,6 +41,11 @@ import (
 type Spread struct {
 	holder    string
 	step, max time.Duration
+	clock     clock.WithTicker
+
+	// testHookWaiting, when set, runs each time Turn starts waiting, with
+	// the time it waits for.
+	testHookWaiting func(name string, until time.Time)
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever running changes
@@ -50,12 +57,25 @@ type Spread struct {
 // span is one finished run of this process.
 type span struct{ start, end time.Time }
 
+// SpreadOption configures a Spread.
+type SpreadOption func(*Spread)
+
+// WithSpreadClock makes Turn read the time and wait on clk instead of the
+// real clock, so that the turn rule can be tested on a fake clock.
+func WithSpreadClock(clk clock.WithTicker) SpreadOption {
+	return func(s *Spread) { s.clock = clk }
+}
+
 // NewSpread returns a Spread for the process with the given holder identity.
-func NewSpread(holder string, step, maxWait time.Duration) *Spread {
-	return &Spread{
-		holder: holder, step: step, max: maxWait,
+func NewSpread(holder string, step, maxWait time.Duration, opts ...SpreadOption) *Spread {
+	s := &Spread{
+		holder: holder, step: step, max: maxWait, clock: clock.RealClock{},
 		changed: make(chan struct{}), running: map[string]int{}, started: map[string]time.Time{}, last: map[string]span{},
 	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Offset returns this process' offset for name, in [0, 1).
@@ -109,23 +129,35 @@ func (s *Spread) load(runs int) float64 {
 }
 
 // Turn blocks until it is name's turn to take its lease: Wait after since,
-// re-evaluated whenever this process starts or ends another run. It returns
-// ctx's error if ctx ends first.
+// re-evaluated whenever this process starts or ends another run, and when a
+// finished run stops counting (Max after its start). It returns ctx's error
+// if ctx ends first.
 func (s *Spread) Turn(ctx context.Context, name string, since time.Time) error {
 	for {
 		s.mu.Lock()
 		changed := s.changed
-		target := since.Add(s.Wait(name, s.runs(name, time.Now())))
+		now := s.clock.Now()
+		target := since.Add(s.Wait(name, s.runs(name, now)))
+		wake := s.expiry(name, now)
 		s.mu.Unlock()
 
-		d := time.Until(target)
+		d := target.Sub(now)
 		if d <= 0 {
 			return nil
 		}
+		// A finished run that stops counting before the target lowers the
+		// load: look again then, or the turn would come later than the
+		// rule says.
+		if !wake.IsZero() && wake.Sub(now) < d {
+			d = wake.Sub(now)
+		}
 
-		t := time.NewTimer(d)
+		t := s.clock.NewTimer(d)
+		if f := s.testHookWaiting; f != nil {
+			f(name, now.Add(d))
+		}
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-changed:
 			t.Stop()
 		case <-ctx.Done():
@@ -133,6 +165,21 @@ func (s *Spread) Turn(ctx context.Context, name string, since time.Time) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// expiry returns the earliest time after now at which a finished run that
+// counts in runs(name, now) stops counting, or zero if none does.
+func (s *Spread) expiry(name string, now time.Time) time.Time {
+	var first time.Time
+	for r, at := range s.started {
+		if r == name || s.running[r] != 0 {
+			continue
+		}
+		if end := at.Add(s.max); end.After(now) && (first.IsZero() || end.Before(first)) {
+			first = end
+		}
+	}
+	return first
 }
 
 // Started records that this process starts on a run of name at, right

@@ -2,9 +2,12 @@ package lease
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	testclock "k8s.io/utils/clock/testing"
 )
 
 // TestSpreadOffsetsShareRepositories: with equal loads each repository goes
@@ -109,62 +112,163 @@ func TestSpreadWaitGrowsWithRuns(t *testing.T) {
 	}
 }
 
-// TestSpreadTurnFollowsRuns: a turn is re-evaluated when another run starts
-// or turns out to have done nothing, and ends early when the context does.
-func TestSpreadTurnFollowsRuns(t *testing.T) {
-	const step = 200 * time.Millisecond
-	s := NewSpread("h", step, 10*step)
-	// A repository whose offset leaves the test time to act while the
-	// turn waits.
-	name := ""
-	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("r%d", i); s.Offset(n) > 0.6 {
-			name = n
+// turnProbe runs Turns of one Spread on a fake clock and reports, through
+// the Spread's hook, each time one of them starts waiting and until when.
+type turnProbe struct {
+	clk     *testclock.FakeClock
+	s       *Spread
+	waiting chan time.Time
+}
+
+func newTurnProbe(step, maxWait time.Duration) *turnProbe {
+	p := &turnProbe{clk: testclock.NewFakeClock(t0), waiting: make(chan time.Time, 16)}
+	p.s = NewSpread("h", step, maxWait, WithSpreadClock(p.clk))
+	p.s.testHookWaiting = func(_ string, until time.Time) { p.waiting <- until }
+	return p
+}
+
+// turn starts Turn(ctx, name, since) and returns the channel its result
+// arrives on.
+func (p *turnProbe) turn(ctx context.Context, name string, since time.Time) chan error {
+	done := make(chan error, 1)
+	go func() { done <- p.s.Turn(ctx, name, since) }()
+	return done
+}
+
+// waits receives the next wait a Turn started and checks it ends at want.
+func (p *turnProbe) waits(t *testing.T, what string, want time.Time) {
+	t.Helper()
+	select {
+	case got := <-p.waiting:
+		if !got.Equal(want) {
+			t.Fatalf("%s: turn waits until t0+%v, want t0+%v", what, got.Sub(t0), want.Sub(t0))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: Turn did not start waiting", what)
+	}
+}
+
+// stepTo moves the clock to at - 1ns, checks the turn has not come, then to
+// at and checks that it has.
+func (p *turnProbe) stepTo(t *testing.T, what string, at time.Time, done chan error) {
+	t.Helper()
+	p.clk.SetTime(at.Add(-time.Nanosecond))
+	// The turn's timer is still pending: it has not fired, so Turn has
+	// not returned.
+	if !p.clk.HasWaiters() {
+		t.Fatalf("%s: no timer pending 1ns before the turn", what)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("%s: turn came 1ns early (%v)", what, err)
+	default:
+	}
+	p.clk.SetTime(at)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: Turn = %v", what, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: the turn did not come at t0+%v", what, at.Sub(t0))
+	}
+}
+
+// nameWithOffset returns the first of r0, r1, ... whose offset for s lies
+// in [lo, hi).
+func nameWithOffset(s *Spread, lo, hi float64) string {
+	for i := 0; ; i++ {
+		if n := fmt.Sprintf("r%d", i); s.Offset(n) >= lo && s.Offset(n) < hi {
+			return n
 		}
 	}
+}
+
+// TestSpreadTurnFollowsRuns: on a fake clock, a turn comes exactly Wait
+// after since, and moves (exactly) whenever another run starts, turns out
+// to have done nothing, or stops counting Max after its start; it ends
+// early when the context does.
+func TestSpreadTurnFollowsRuns(t *testing.T) {
+	const step, maxWait = time.Second, 4 * time.Second
+	p := newTurnProbe(step, maxWait)
+	s := p.s
+	name := nameWithOffset(s, 0.2, 0.8)
+	after := func(since time.Time, load float64) time.Time {
+		return since.Add(time.Duration(float64(step) * (s.Offset(name) + load)))
+	}
+	ctx := context.Background()
+
+	// Idle: the offset alone.
+	since := p.clk.Now()
+	done := p.turn(ctx, name, since)
+	p.waits(t, "idle", after(since, 0))
+	p.stepTo(t, "idle", after(since, 0), done)
+
+	// A turn whose wait has already passed comes at once, without waiting.
+	if err := s.Turn(ctx, name, p.clk.Now().Add(-step)); err != nil {
+		t.Fatalf("Turn long after since: %v", err)
+	}
+
+	// Another run starts while the turn waits: it moves a step later.
+	since = p.clk.Now()
+	done = p.turn(ctx, name, since)
+	p.waits(t, "idle", after(since, 0))
+	endB := s.Started("b", since)
+	p.waits(t, "after b started", after(since, 1))
+	p.stepTo(t, "one other run", after(since, 1), done)
+
+	// Behind three runs, one of which turns out to have done no work: the
+	// turn moves a step earlier.
+	s.Started("c", p.clk.Now())
+	s.Started("d", p.clk.Now())
+	since = p.clk.Now()
+	done = p.turn(ctx, name, since)
+	p.waits(t, "three other runs", after(since, 3))
+	p.clk.Step(step / 4)
+	endB(p.clk.Now(), p.clk.Now(), false)
+	p.waits(t, "after b did no work", after(since, 2))
+	p.stepTo(t, "two other runs", after(since, 2), done)
+
+	// The context ends while the turn waits.
+	cctx, cancel := context.WithCancel(ctx)
+	done = p.turn(cctx, name, p.clk.Now())
+	p.waits(t, "before the cancel", after(p.clk.Now(), 2))
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Turn after its context was cancelled: %v, want context.Canceled", err)
+	}
+}
+
+// TestSpreadTurnWhenARunStopsCounting: a finished run counts for the
+// others' turns until Max after its start; a turn that would come later
+// than that is looked at again then, and comes by the lower load.
+func TestSpreadTurnWhenARunStopsCounting(t *testing.T) {
+	const step, maxWait = time.Second, 4 * time.Second
+	p := newTurnProbe(step, maxWait)
+	s := p.s
+	name := nameWithOffset(s, 0.2, 0.8)
 	o := s.Offset(name)
 	ctx := context.Background()
 
-	since := time.Now()
-	if err := s.Turn(ctx, name, since); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := time.Since(since), time.Duration(o*float64(step)); got < want {
-		t.Errorf("idle turn came after %v, want at least %v", got, want)
-	}
-
-	// Another run starts while a waits: a's turn moves a step later.
-	since = time.Now()
-	done := make(chan time.Duration, 1)
-	go func() {
-		_ = s.Turn(ctx, name, since)
-		done <- time.Since(since)
-	}()
-	end := s.Started("b", since)
-	if got, want := <-done, time.Duration((o+1)*float64(step)); got < want {
-		t.Errorf("turn with one other run came after %v, want at least %v", got, want)
+	// b ran quickly at t0; c and d are still running.
+	s.Started("b", t0)(t0, t0.Add(time.Millisecond), true)
+	s.Started("c", t0)
+	s.Started("d", t0)
+	p.clk.Step(2 * step)
+	since := p.clk.Now()
+	if got := s.Runs(name, since); got != 3 {
+		t.Fatalf("runs at t0+2s: %d, want 3", got)
 	}
 
-	// That run turns out to have done no work while a waits behind three:
-	// the turn comes earlier.
-	s.Started("c", since)
-	s.Started("d", since)
-	since = time.Now()
-	go func() {
-		_ = s.Turn(ctx, name, since)
-		done <- time.Since(since)
-	}()
-	time.Sleep(step / 4)
-	end(time.Now(), time.Now(), false)
-	if got, long := <-done, time.Duration((o+3)*float64(step)); got >= long {
-		t.Errorf("turn took %v after a run did no work, want less than the %v three runs ask", got, long)
-	}
-
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if err := s.Turn(cctx, name, time.Now()); err == nil {
-		t.Error("Turn with a cancelled context returned nil")
-	}
+	// Three runs put the turn at since + (o+3) steps, after b stops
+	// counting at t0+4s: the turn looks again then, and comes at
+	// since + (o+2) steps.
+	done := p.turn(ctx, name, since)
+	p.waits(t, "three runs, b stops counting first", t0.Add(maxWait))
+	p.clk.SetTime(t0.Add(maxWait))
+	want := since.Add(time.Duration(float64(step) * (o + 2)))
+	p.waits(t, "after b stopped counting", want)
+	p.stepTo(t, "two runs", want, done)
 }
 
 func TestSpreadMine(t *testing.T) {

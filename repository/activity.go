@@ -242,7 +242,7 @@ func (b *sessionBook) record(id blob.ID, now time.Time) {
 		}
 	}
 
-	if err := writeJSON(b.file, snapshot); err != nil {
+	if err := writeJSON(b.file, snapshot, true); err != nil {
 		fmt.Fprintf(os.Stderr, "kopia-maintd: save own write sessions: %v\n", err)
 	}
 }

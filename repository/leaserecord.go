@@ -452,7 +452,9 @@ func (r *fileRecord) swap(_ context.Context, version string, data []byte) (strin
 		return "", fmt.Errorf("link %s: a newer generation exists: %w", target, ErrLeaseRecordConflict)
 	}
 
-	syncDir(r.dir)
+	// Best effort, as for kopia's own filesystem storage: the link is
+	// already visible to every reader.
+	_ = syncDir(r.dir)
 	r.cleanup(gens, entries, target)
 
 	return strconv.FormatUint(next, 10), nil
@@ -523,14 +525,5 @@ func (r *fileRecord) cleanup(gens []uint64, entries []os.DirEntry, newest string
 		if ti, err := e.Info(); err == nil && fi.ModTime().Sub(ti.ModTime()) > staleTemp {
 			_ = os.Remove(filepath.Join(r.dir, e.Name()))
 		}
-	}
-}
-
-// syncDir makes a new directory entry durable; best effort, as for kopia's
-// own filesystem storage.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 }

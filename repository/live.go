@@ -31,8 +31,9 @@ func (m *Manager) statusFile(name, kind string) string {
 	return filepath.Join(m.opts.StateDirectory, "status", name+"."+kind+".json")
 }
 
-// writeJSON replaces file atomically.
-func writeJSON(file string, v any) error {
+// writeJSON replaces file atomically (writeFileAtomic, durable or not),
+// creating its directory with mode 0700.
+func writeJSON(file string, v any, durable bool) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
@@ -42,12 +43,7 @@ func writeJSON(file string, v any) error {
 		return err
 	}
 
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp, file)
+	return writeFileAtomic(file, b, durable)
 }
 
 func readJSON(file string, v any) (bool, error) {
@@ -69,7 +65,9 @@ func readJSON(file string, v any) (bool, error) {
 
 // publishLive records the run in flight; errors only cost the status view.
 func (m *Manager) publishLive(name string, lr LiveRun) {
-	if err := writeJSON(m.statusFile(name, "live"), lr); err != nil {
+	// Not durable: the record is removed when the run ends and ignored once
+	// its process is gone, and it is rewritten at every progress report.
+	if err := writeJSON(m.statusFile(name, "live"), lr, false); err != nil {
 		m.log.Debug("publish live run", zap.String("repository", name), zap.Error(err))
 	}
 }
@@ -93,7 +91,7 @@ func (m *Manager) saveInspection(name string, r *Report) {
 		in.Reclaim = r.Reclaim
 	}
 
-	if err := writeJSON(m.statusFile(name, "inspection"), in); err != nil {
+	if err := writeJSON(m.statusFile(name, "inspection"), in, true); err != nil {
 		m.log.Warn("save inspection", zap.String("repository", name), zap.Error(err))
 	}
 }

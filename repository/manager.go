@@ -397,7 +397,7 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 		return m.openError(spec, err)
 	}
 
-	if err := os.WriteFile(stampFile, []byte(fp), 0o600); err != nil {
+	if err := writeFileAtomic(stampFile, []byte(fp), true); err != nil {
 		return fmt.Errorf("repository %q: write connection stamp: %w", spec.Name, err)
 	}
 

@@ -37,9 +37,38 @@ type S3Storage struct {
 	Insecure      bool // plain http
 	SkipTLSVerify bool
 	// AccessKeyID and SecretAccessKey may both be empty: kopia then falls back
-	// to the AWS_* environment and instance credentials.
+	// to the AWS_* environment and instance credentials. They are used when
+	// Credentials is nil.
 	AccessKeyID     string
 	SecretAccessKey string
+	// Credentials, when set, returns the access key ID and secret access key
+	// and takes the place of AccessKeyID and SecretAccessKey. It is called
+	// every time the storage is opened (each run opens it), so a rotated key
+	// file is used by the next run without a restart. Returning two empty
+	// strings falls back to the ambient credentials as above.
+	Credentials func() (accessKeyID, secretAccessKey string, err error)
+}
+
+// options builds kopia's S3 options, reading the credentials now.
+func (s *S3Storage) options() (*s3.Options, error) {
+	id, secret := s.AccessKeyID, s.SecretAccessKey
+	if s.Credentials != nil {
+		var err error
+		if id, secret, err = s.Credentials(); err != nil {
+			return nil, err
+		}
+	}
+
+	return &s3.Options{
+		BucketName:      s.Bucket,
+		Prefix:          s.Prefix,
+		Endpoint:        s.Endpoint,
+		Region:          s.Region,
+		DoNotUseTLS:     s.Insecure,
+		DoNotVerifyTLS:  s.SkipTLSVerify,
+		AccessKeyID:     id,
+		SecretAccessKey: secret,
+	}, nil
 }
 
 // Location describes the storage for people: it never contains a credential.
@@ -76,16 +105,12 @@ func (s Storage) openBlobStorage(ctx context.Context, create bool) (blob.Storage
 	case s.Filesystem != nil:
 		return filesystem.New(ctx, &filesystem.Options{Path: s.Filesystem.Path}, create)
 	case s.S3 != nil:
-		return s3.New(ctx, &s3.Options{
-			BucketName:      s.S3.Bucket,
-			Prefix:          s.S3.Prefix,
-			Endpoint:        s.S3.Endpoint,
-			Region:          s.S3.Region,
-			DoNotUseTLS:     s.S3.Insecure,
-			DoNotVerifyTLS:  s.S3.SkipTLSVerify,
-			AccessKeyID:     s.S3.AccessKeyID,
-			SecretAccessKey: s.S3.SecretAccessKey,
-		}, create)
+		o, err := s.S3.options()
+		if err != nil {
+			return nil, fmt.Errorf("read s3 credentials: %w", err)
+		}
+
+		return s3.New(ctx, o, create)
 	default:
 		return nil, errors.New("no storage backend configured")
 	}

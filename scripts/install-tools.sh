@@ -18,7 +18,11 @@ export GOFLAGS=${GOFLAGS:-}
 export GOCACHE=${GOCACHE:-$cache/gocache}
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
-KOPIA_VERSION=v0.22.3
+# The kopia CLI in two versions: v0.22.3, the one Velero 1.18 ships (and the
+# plain `kopia` link), and v0.23.1, the daemon's own library version. Each
+# version's tool module is tools/<dir> (see kopia_module).
+KOPIA_VERSIONS="v0.22.3 v0.23.1"
+KOPIA_DEFAULT_VERSION=v0.22.3
 # staticcheck 2026.1, the release for Go 1.26. The module proxy knows
 # staticcheck only by module version (2025.1.1 is v0.6.1), not by release name.
 STATICCHECK_VERSION=v0.7.0
@@ -38,13 +42,31 @@ install_minio() {
   ln -sf "$dest" "$bin/minio"
 }
 
+# kopia_module prints the tools module that pins kopia CLI version $1.
+kopia_module() {
+  case "$1" in
+    v0.22.3) echo "$here/tools/kopia" ;;
+    v0.23.1) echo "$here/tools/kopia-v0.23" ;;
+    *) log "no tools module for kopia $1"; return 1 ;;
+  esac
+}
+
+# install_kopia builds every kopia CLI version in KOPIA_VERSIONS into
+# $bin/kopia-<version> and links $bin/kopia to the default one.
 install_kopia() {
-  local dest="$bin/kopia-$KOPIA_VERSION"
-  if [ ! -x "$dest" ]; then
-    log "building kopia CLI $KOPIA_VERSION"
-    (cd "$here/tools/kopia" && GOFLAGS="-mod=mod -buildvcs=false" go build -o "$dest" github.com/kopia/kopia)
-  fi
-  ln -sf "$dest" "$bin/kopia"
+  local v dest
+  for v in $KOPIA_VERSIONS; do
+    dest="$bin/kopia-$v"
+    if [ ! -x "$dest" ]; then
+      log "building kopia CLI $v"
+      # Build next to dest and rename, so a test never runs a half-written
+      # binary.
+      (cd "$(kopia_module "$v")" &&
+        GOFLAGS="-mod=mod -buildvcs=false" go build -o "$dest.tmp" github.com/kopia/kopia &&
+        mv "$dest.tmp" "$dest")
+    fi
+  done
+  ln -sf "$bin/kopia-$KOPIA_DEFAULT_VERSION" "$bin/kopia"
 }
 
 install_staticcheck() {

@@ -101,6 +101,10 @@ func (r *reloader) apply() error {
 		return err
 	}
 
+	// Parse generated a fresh lease holder identity for next; the leases
+	// this process holds are under the running one, which must stay.
+	next.InheritRuntime(r.cfg)
+
 	level, err := logLevel(next.Log, zapcore.DebugLevel)
 	if err != nil {
 		return err
@@ -113,8 +117,8 @@ func (r *reloader) apply() error {
 
 	oldSpecs, err := specs(r.cfg)
 	if err != nil {
-		// The running specs were built at start or at the last reload;
-		// failing now means a credential file went away meanwhile.
+		// The running specs were built at start or at the last reload
+		// from a validated configuration; not reached today.
 		return fmt.Errorf("rebuild running repository specs for rollback: %w", err)
 	}
 

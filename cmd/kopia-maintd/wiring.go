@@ -101,17 +101,14 @@ func specs(cfg *config.Config) ([]repository.Spec, error) {
 		case r.Storage.Filesystem != nil:
 			st.Filesystem = &repository.FilesystemStorage{Path: r.Storage.Filesystem.Path}
 		case r.Storage.S3 != nil:
-			s := r.Storage.S3
+			s := *r.Storage.S3
 
-			id, secret, err := s.Credentials()
-			if err != nil {
-				return nil, fmt.Errorf("repository %q: %w", r.Name, err)
-			}
-
+			// The key files are read at every open of the storage, not
+			// here, so that rotated keys are used by the next run.
 			st.S3 = &repository.S3Storage{
 				Bucket: s.Bucket, Prefix: s.Prefix, Endpoint: s.Endpoint, Region: s.Region,
 				Insecure: s.Insecure, SkipTLSVerify: s.SkipTLSVerify,
-				AccessKeyID: id, SecretAccessKey: secret,
+				Credentials: s.Credentials,
 			}
 		}
 

@@ -25,6 +25,9 @@ import (
 const (
 	klDuration      = 4 * time.Second
 	klRenewInterval = time.Second
+	// klMargin is the daemon's drift margin (duration/5): a holder stops
+	// at duration - margin after its last renewal, others wait duration.
+	klMargin = klDuration / 5
 	// klReleaseSlack: a "lease released" line is written after the release
 	// reached the backend, so the next holder may log its acquisition a
 	// few milliseconds before it. Only an interval ended by a release is
@@ -396,6 +399,14 @@ func klTree(t *testing.T, root string, dirs int) {
 	}
 }
 
+// The schedule of klKubeConfig's repository, and the daemon's spread step
+// (cmd/kopia-maintd's spreadStep: with one repository the spread wait is
+// below one step).
+const (
+	klQuickEvery = time.Second
+	klSpreadStep = time.Second
+)
+
 // klKubeConfig is the daemon configuration of TestLeaseKubernetes.
 func klKubeConfig(t *testing.T, dir, name, kubeconfig, addr string, create bool) string {
 	t.Helper()
@@ -407,23 +418,25 @@ lease:
   renewInterval: %[5]s
   kubernetes: {namespace: velero}
 defaults:
-  schedule: {quick: "@every 1s", full: "@every 3s", jitter: 0s}
+  schedule: {quick: "@every %[6]s", full: "@every 3s", jitter: 0s}
 repositories:
   - name: main
     create: %[3]v
     storage: {filesystem: {path: %[1]s/repo}}
     passwordFile: password
-`, dir, kubeconfig, create, klDuration, klRenewInterval))
+`, dir, kubeconfig, create, klDuration, klRenewInterval, klQuickEvery))
 }
 
 // TestLeaseKubernetes: two daemon processes with one identity and
 // Kubernetes leases (a real kube-apiserver, deploy/'s Lease RBAC, the
 // daemon's ServiceAccount) share one filesystem repository with cycles
 // every second or three. SIGKILL of the holder right after it acquired
-// hands the lease over within duration + renewInterval (+2s for the
-// schedule's cadence), never before duration; stopping the API server
-// while a full cycle runs makes that run stop within duration + 1s; and
-// the intervals in which the processes held the lease never overlap.
+// hands the lease over within duration + renewInterval + the quick
+// interval + a spread step (and half that again for a loaded machine),
+// never before duration - margin; stopping the API server while a full
+// cycle runs ends that holder's lease by duration - margin after the stop
+// and stops the run; and the intervals in which the processes held the
+// lease never overlap.
 func TestLeaseKubernetes(t *testing.T) {
 	harness.BuildBinary(t, "./cmd/kopia-maintd")
 
@@ -486,13 +499,22 @@ func TestLeaseKubernetes(t *testing.T) {
 	handover := took.at.Sub(killedAt)
 	t.Logf("handover after SIGKILL of the holder: %s (duration %s, renewInterval %s)", handover.Round(time.Millisecond), klDuration, klRenewInterval)
 
-	if limit := klDuration + klRenewInterval + 2*time.Second; handover > limit {
-		t.Errorf("handover took %s, want within duration + renewInterval + 2s = %s", handover, limit)
+	// The survivor takes the lease once it is stale (duration after the
+	// last renewal it saw), when its skipped run looks again
+	// (renewInterval later) or its next quick slot comes, after its spread
+	// wait (below a step: one repository); the margin, half of that, is
+	// for a loaded machine.
+	pickup := klDuration + klRenewInterval + klQuickEvery + klSpreadStep
+	if limit := pickup + pickup/2; handover > limit {
+		t.Errorf("handover took %s, want within duration + renewInterval + quick interval + spread step + margin = %s", handover, limit)
 	}
 
-	if handover < klDuration-time.Second {
-		t.Errorf("handover after %s: a lease renewed %s before the kill was taken before its duration %s",
-			handover, killedAt.Sub(acq.at), klDuration)
+	// Never before duration after the holder's last write, which was no
+	// earlier than its acquisition: the margin (duration/5) lies between
+	// the holder's own deadline and that, so the order in which the two
+	// processes log cannot make up for it.
+	if early := took.at.Sub(acq.at); early < klDuration-klMargin {
+		t.Errorf("handover %s after the killed holder acquired the lease, want at least duration - margin = %s", early, klDuration-klMargin)
 	}
 
 	// Full cycles that take seconds, then the killed replica comes back as
@@ -501,35 +523,85 @@ func TestLeaseKubernetes(t *testing.T) {
 	k.Run(t, "repository", "disconnect")
 	start(holder.name + "2")
 
-	// Stop the API server right after a holder acquired for a full cycle,
-	// which takes seconds: the run must stop within duration + 1s.
-	klSkipTo(procs)
+	// Stop the API server while a holder runs a full cycle: its lease
+	// ends at its deadline, no later than duration - margin after the API
+	// server went away, and the run stops. A full cycle takes seconds, but
+	// a fast one may end before the API server is gone: then the API server
+	// is started again and the next full cycle is tried, a few times.
+	const stopAttempts = 3
 
-	lastStarted := map[*klProc]string{}
-	inFull, _ := klWatch(t, procs, "a lease acquisition for a full cycle", 2*time.Minute, func(p *klProc, l klLine) bool {
-		if l.Msg == "maintenance run started" {
-			lastStarted[p] = l.Cycle
+	var stoppedAt time.Time
+
+	for attempt := 1; ; attempt++ {
+		klSkipTo(procs)
+
+		lastStarted := map[*klProc]string{}
+		inFull, acquired := klWatch(t, procs, "a lease acquisition for a full cycle", 2*time.Minute, func(p *klProc, l klLine) bool {
+			if l.Msg == "maintenance run started" {
+				lastStarted[p] = l.Cycle
+			}
+
+			return l.isLease("lease acquired") && lastStarted[p] == "full"
+		})
+		kube.Stop(t)
+		stoppedAt = time.Now()
+
+		// The watchdog notices the deadline within a check interval (what
+		// is asserted is the deadline the line names; the limit only stops
+		// a test that hangs). A hold that ends otherwise (released, or its
+		// release failed) ended with a run that was over before the API
+		// server was gone.
+		_, ended := klWatch(t, []*klProc{inFull}, "the holder to lose its lease without the API server", time.Minute, func(_ *klProc, l klLine) bool {
+			return l.Logger == "lease" && (l.Msg == "lease lost" || l.Msg == "lease released" || l.Msg == "release lease") &&
+				(l.Lease == acquired.Lease || l.Repo == acquired.Lease)
+		})
+		if ended.Msg != "lease lost" {
+			t.Logf("attempt %d: %s's full cycle ended (%s) before the API server was gone", attempt, inFull.name, ended.Msg)
+			if attempt == stopAttempts {
+				t.Fatalf("in %d attempts every full cycle ended before the API server was gone", stopAttempts)
+			}
+
+			kube.Start(t)
+
+			continue
 		}
 
-		return l.isLease("lease acquired") && lastStarted[p] == "full"
-	})
-	kube.Stop(t)
-	stoppedAt := time.Now()
+		lost := ended
 
-	_, stopped := klWatch(t, []*klProc{inFull}, "the full cycle to stop without the API server", time.Minute, func(_ *klProc, l klLine) bool {
-		return l.isLease("maintenance run stopped: the lease can no longer be proven") ||
-			(l.Msg == "maintenance run finished" && l.Cycle == "full" && l.Result != "")
-	})
+		// Its last renewal began before the API server was gone, so its
+		// deadline is at most duration - margin after that.
+		m := klDeadlineRE.FindStringSubmatch(lost.Error + " ")
+		if m == nil {
+			t.Fatalf("lease lost line without a deadline: %s", lost.raw)
+		}
 
-	cancelAfter := stopped.at.Sub(stoppedAt)
-	t.Logf("%s's full cycle ended %s after the API server stopped: %s", inFull.name, cancelAfter.Round(time.Millisecond), stopped.raw)
+		deadline, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			t.Fatalf("deadline %q: %v", m[1], err)
+		}
 
-	if stopped.Msg == "maintenance run finished" && stopped.Result != "cancelled" {
-		t.Errorf("the full cycle in flight when the API server stopped finished with result %q, want it stopped by the lease", stopped.Result)
-	}
+		if limit := stoppedAt.Add(klDuration - klMargin); deadline.After(limit) {
+			t.Errorf("lease deadline %s, %s after the API server stopped, want at most duration - margin = %s",
+				deadline.Format("15:04:05.000"), deadline.Sub(stoppedAt), klDuration-klMargin)
+		}
 
-	if limit := klDuration + time.Second; cancelAfter > limit {
-		t.Errorf("the run stopped %s after the API server, want within duration + 1s = %s", cancelAfter, limit)
+		t.Logf("%s lost its lease %s after the API server stopped (deadline %s after): %s", inFull.name,
+			lost.at.Sub(stoppedAt).Round(time.Millisecond), deadline.Sub(stoppedAt).Round(time.Millisecond), lost.raw)
+
+		// The run then stops (kopia returns once it sees its context end;
+		// the fence refuses its writes from the deadline on).
+		_, stopped := klWatch(t, []*klProc{inFull}, "the full cycle to stop without the API server", time.Minute, func(_ *klProc, l klLine) bool {
+			return l.isLease("maintenance run stopped: the lease can no longer be proven") ||
+				(l.Msg == "maintenance run finished" && l.Cycle == "full" && l.Result != "")
+		})
+
+		t.Logf("%s's full cycle ended %s after the API server stopped: %s", inFull.name, stopped.at.Sub(stoppedAt).Round(time.Millisecond), stopped.raw)
+
+		if stopped.Msg == "maintenance run finished" && stopped.Result != "cancelled" {
+			t.Errorf("the full cycle in flight when the API server stopped finished with result %q, want it stopped by the lease", stopped.Result)
+		}
+
+		break
 	}
 
 	time.Sleep(2 * time.Second)
@@ -538,12 +610,23 @@ func TestLeaseKubernetes(t *testing.T) {
 
 	// Maintenance resumes once the API server is back.
 	klSkipTo(procs)
-	_, again := klWatch(t, procs, "a lease acquisition after the API server restarted", 2*time.Minute, func(_ *klProc, l klLine) bool { return l.isLease("lease acquired") })
+	// (It took almost two minutes with the race detector on a machine
+	// loaded twentyfold: the limit only stops a test that hangs.)
+	_, again := klWatch(t, procs, "a lease acquisition after the API server restarted", 5*time.Minute, func(_ *klProc, l klLine) bool { return l.isLease("lease acquired") })
 	t.Logf("first acquisition %s after the API server restarted", again.at.Sub(restartedAt).Round(time.Millisecond))
 	time.Sleep(10 * time.Second)
 
+	// How often each process got the lease depends on how fast the
+	// machine runs the cycles; what the check needs is intervals of more
+	// than one process to compare (the killed holder's and the
+	// survivor's, at least).
 	all := klCheckAll(t, procs)
-	if len(all) < 10 {
-		t.Errorf("only %d lease intervals in the whole test", len(all))
+	holders := map[string]bool{}
+	for _, iv := range all {
+		holders[iv.proc] = true
+	}
+
+	if len(holders) < 2 {
+		t.Errorf("lease intervals of %d processes in the whole test, want at least 2 (the killed holder's and the survivor's)", len(holders))
 	}
 }

@@ -72,12 +72,21 @@ func TestMinIOServesS3WhenStarted(t *testing.T) {
 	}
 }
 
+// TestKopiaCLIVersion: the plain kopia tool is v0.22.3 and each versioned
+// tool reports its own version.
 func TestKopiaCLIVersion(t *testing.T) {
 	t.Parallel()
-	k := NewKopiaCLI(t, "unused")
-	out := k.Run(t, "--version")
-	if !strings.HasPrefix(out, "v0.22.3") {
-		t.Fatalf("kopia --version = %q, want v0.22.3", out)
+	if got := NewKopiaCLI(t, "unused").Version(t); got != KopiaV0223 {
+		t.Fatalf("kopia --version = %q, want %s", got, KopiaV0223)
+	}
+	for _, v := range []string{KopiaV0223, KopiaV0231} {
+		k := NewKopiaCLIVersion(t, v, "unused")
+		if got := k.Version(t); got != v {
+			t.Fatalf("%s --version = %q, want %s", k.Bin, got, v)
+		}
+		if filepath.Base(k.Bin) != "kopia-"+v {
+			t.Fatalf("NewKopiaCLIVersion(%s) runs %s", v, k.Bin)
+		}
 	}
 }
 
@@ -85,37 +94,42 @@ func TestKopiaCLICreatesRepositories(t *testing.T) {
 	t.Parallel()
 	m := StartMinIO(t)
 	m.MakeBucket(t, "repos")
+	fsRoot := t.TempDir()
 
 	tests := []struct {
-		name   string
-		create func(k *KopiaCLI) []string
+		name string
+		// create returns the create command; version keeps the
+		// versions' repositories apart.
+		create func(version string) []string
 	}{
-		{"filesystem", func(*KopiaCLI) []string {
-			return []string{"repository", "create", "filesystem", "--path=" + t.TempDir()}
+		{"filesystem", func(version string) []string {
+			return []string{"repository", "create", "filesystem", "--path=" + filepath.Join(fsRoot, version)}
 		}},
-		{"s3", func(*KopiaCLI) []string {
-			return append([]string{"repository", "create", "s3"}, m.KopiaS3Flags("repos", "cli/")...)
+		{"s3", func(version string) []string {
+			return append([]string{"repository", "create", "s3"}, m.KopiaS3Flags("repos", "cli-"+version+"/")...)
 		}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			k := NewKopiaCLI(t, "harness-password")
-			k.Run(t, tt.create(k)...)
-			out := k.Stdout(t, "repository", "status", "--json")
-			if !strings.Contains(out, `"configFile"`) {
-				t.Fatalf("repository status --json does not look like JSON status:\n%s", out)
-			}
-			if _, err := os.Stat(k.ConfigFile); err != nil {
-				t.Fatalf("config file: %v", err)
-			}
+	for _, v := range []string{KopiaV0223, KopiaV0231} {
+		for _, tt := range tests {
+			t.Run(v+"/"+tt.name, func(t *testing.T) {
+				k := NewKopiaCLIVersion(t, v, "harness-password")
+				k.Run(t, tt.create(v)...)
+				out := k.Stdout(t, "repository", "status", "--json")
+				if !strings.Contains(out, `"configFile"`) {
+					t.Fatalf("repository status --json does not look like JSON status:\n%s", out)
+				}
+				if _, err := os.Stat(k.ConfigFile); err != nil {
+					t.Fatalf("config file: %v", err)
+				}
 
-			wrong := &KopiaCLI{Bin: k.Bin, ConfigFile: filepath.Join(t.TempDir(), "other.config"), Password: "wrong"}
-			connect := tt.create(k)
-			connect[1] = "connect"
-			if out, err := wrong.RunErr(connect...); err == nil {
-				t.Fatalf("connect with a wrong password succeeded:\n%s", out)
-			}
-		})
+				wrong := &KopiaCLI{Bin: k.Bin, ConfigFile: filepath.Join(t.TempDir(), "other.config"), Password: "wrong"}
+				connect := tt.create(v)
+				connect[1] = "connect"
+				if out, err := wrong.RunErr(connect...); err == nil {
+					t.Fatalf("connect with a wrong password succeeded:\n%s", out)
+				}
+			})
+		}
 	}
 }
 

@@ -32,17 +32,54 @@ type KopiaCLI struct {
 	dir string
 }
 
+// Kopia CLI versions that scripts/install-tools.sh builds, each installed as
+// kopia-<version>.
+const (
+	// KopiaV0223 is the kopia CLI Velero 1.18 ships; the plain "kopia" tool
+	// is this version.
+	KopiaV0223 = "v0.22.3"
+	// KopiaV0231 is the version of the kopia library the daemon is built
+	// with.
+	KopiaV0231 = "v0.23.1"
+)
+
 // NewKopiaCLI returns a KopiaCLI whose commands use password as the
-// repository password and keep their state in t.TempDir().
+// repository password and keep their state in t.TempDir(). It runs the
+// default kopia tool (KopiaV0223).
 func NewKopiaCLI(t testing.TB, password string) *KopiaCLI {
+	t.Helper()
+	return newKopiaCLI(t, "kopia", password)
+}
+
+// NewKopiaCLIVersion is NewKopiaCLI for the kopia CLI of the given version
+// (for example KopiaV0231), installed by scripts/install-tools.sh as
+// kopia-<version>.
+func NewKopiaCLIVersion(t testing.TB, version, password string) *KopiaCLI {
+	t.Helper()
+	return newKopiaCLI(t, "kopia-"+version, password)
+}
+
+func newKopiaCLI(t testing.TB, tool, password string) *KopiaCLI {
 	t.Helper()
 	dir := t.TempDir()
 	return &KopiaCLI{
-		Bin:        ToolPath(t, "kopia"),
+		Bin:        ToolPath(t, tool),
 		ConfigFile: filepath.Join(dir, "repository.config"),
 		Password:   password,
 		dir:        dir,
 	}
+}
+
+// Version returns the version the CLI reports (`kopia --version`, first
+// word), for example "v0.22.3".
+func (k *KopiaCLI) Version(t testing.TB) string {
+	t.Helper()
+	out := k.Stdout(t, "--version")
+	f := strings.Fields(out)
+	if len(f) == 0 {
+		t.Fatalf("kopia --version printed nothing")
+	}
+	return f[0]
 }
 
 // Run runs kopia with args and returns its combined stdout and stderr. It
