@@ -151,18 +151,44 @@ type s3Record struct {
 // minioClients keeps one client per S3 settings, so that renewals reuse
 // connections (and the bucket's region lookup) instead of opening new ones.
 // Keyed by value: changed settings or credentials get a new client.
-var minioClients sync.Map // S3Storage -> *minio.Client
+var minioClients sync.Map // minioClientKey -> *minio.Client
+
+// minioClientKey is what a client is built from: S3Storage's settings with
+// the credentials read.
+type minioClientKey struct {
+	Bucket, Prefix, Endpoint, Region string
+	Insecure, SkipTLSVerify          bool
+	AccessKeyID, SecretAccessKey     string
+}
 
 // newMinioClient returns a client built from the same settings, credential
 // chain and TLS options as kopia's S3 storage.
 func newMinioClient(s *S3Storage) (*minio.Client, error) {
-	if c, ok := minioClients.Load(*s); ok {
+	// S3Storage holds a credentials function, which cannot be a map key:
+	// key by the settings with the credentials read now, so a rotated key
+	// file gets a new client.
+	key := minioClientKey{
+		Bucket: s.Bucket, Prefix: s.Prefix, Endpoint: s.Endpoint, Region: s.Region,
+		Insecure: s.Insecure, SkipTLSVerify: s.SkipTLSVerify,
+		AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey,
+	}
+
+	if s.Credentials != nil {
+		id, secret, err := s.Credentials()
+		if err != nil {
+			return nil, fmt.Errorf("s3 client for %s: read credentials: %w", s.Endpoint, err)
+		}
+
+		key.AccessKeyID, key.SecretAccessKey = id, secret
+	}
+
+	if c, ok := minioClients.Load(key); ok {
 		return c.(*minio.Client), nil //nolint:forcetypeassert
 	}
 
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.Static{Value: credentials.Value{
-			AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey, SignerType: credentials.SignatureV4,
+			AccessKeyID: key.AccessKeyID, SecretAccessKey: key.SecretAccessKey, SignerType: credentials.SignatureV4,
 		}},
 		&credentials.EnvAWS{},
 		&credentials.IAM{Client: &http.Client{Transport: http.DefaultTransport}},
@@ -183,7 +209,7 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
 
-	c, _ := minioClients.LoadOrStore(*s, cli)
+	c, _ := minioClients.LoadOrStore(key, cli)
 
 	return c.(*minio.Client), nil //nolint:forcetypeassert
 }
