@@ -19,6 +19,10 @@ import (
 // after Release, so a storage write that races with the end of a run fails.
 var ErrReleased = errors.New("lease released")
 
+// ErrNotHeld reports a Held that Acquire did not make: a nil pointer or the
+// zero value. Such a value proves nothing, so every check on it fails.
+var ErrNotHeld = errors.New("lease not held")
+
 // Reasons passed to Recorder.Lost.
 const (
 	// ReasonExpired: the wall clock passed the deadline without a failed
@@ -244,19 +248,47 @@ type failure struct {
 	err    error
 }
 
-// Name returns the lease's name.
-func (h *Held) Name() string { return h.name }
+// valid reports whether Acquire made h.
+func (h *Held) valid() bool { return h != nil && h.m != nil && h.ctx != nil }
+
+// Name returns the lease's name ("" for a Held that Acquire did not make).
+func (h *Held) Name() string {
+	if h == nil {
+		return ""
+	}
+
+	return h.name
+}
 
 // Context returns a context derived from Acquire's, cancelled the moment the
 // lease can no longer be proven, with a cause wrapping ErrExpired (the
 // deadline passed, also after failed renewals) or ErrLost (taken by
 // another holder); and by Release (cause ErrReleased).
-func (h *Held) Context() context.Context { return h.ctx }
+//
+// A Held that Acquire did not make returns a context that is already
+// cancelled with cause ErrNotHeld.
+func (h *Held) Context() context.Context {
+	if !h.valid() {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(ErrNotHeld)
+
+		return ctx
+	}
+
+	return h.ctx
+}
 
 // Deadline returns the wall-clock time at which the lease stops being valid
 // unless renewed: the time of the last successful acquire or renewal (read
 // just before the backend's write) plus Duration minus Margin.
-func (h *Held) Deadline() time.Time { return h.deadline.Load().Round(0) }
+// It is the zero time for a Held that Acquire did not make.
+func (h *Held) Deadline() time.Time {
+	if !h.valid() {
+		return time.Time{}
+	}
+
+	return h.deadline.Load().Round(0)
+}
 
 // Check returns nil while the lease is valid: not lost, not released, and
 // the wall clock before Deadline. Otherwise it returns an error wrapping
@@ -264,8 +296,13 @@ func (h *Held) Deadline() time.Time { return h.deadline.Load().Round(0) }
 // It reads the clock and two atomics, takes no lock and does no I/O, so the
 // storage fencing wrapper calls it before every write and delete: a process
 // resumed after a pause fails its next write even before the watchdog has
-// run. Once Check has failed it never succeeds again.
+// run. Once Check has failed it never succeeds again. A Held that Acquire
+// did not make (nil, or the zero value) fails with ErrNotHeld.
 func (h *Held) Check() error {
+	if !h.valid() {
+		return ErrNotHeld
+	}
+
 	if f := h.failed.Load(); f != nil {
 		return f.err
 	}
@@ -364,6 +401,57 @@ func (h *Held) hook(err error) {
 	}
 }
 
+// Bound returns a context derived from parent that ends when the lease can
+// no longer be proven: when Context ends (lost, released, or the watchdog
+// saw the deadline pass) and also exactly at Deadline by the lease's clock,
+// without waiting for the watchdog's next tick. A renewal that moved the
+// deadline keeps the context alive. Call stop when done, to release its
+// timer. For a Held that Acquire did not make the context is already
+// cancelled with ErrNotHeld.
+//
+// Bound exists for calls whose own context is not the lease's (kopia runs
+// some storage calls under context.WithoutCancel): deriving their context
+// from Bound makes them end with the lease whatever context they were given.
+func (h *Held) Bound(parent context.Context) (ctx context.Context, stop context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(parent)
+
+	if err := h.Check(); err != nil {
+		cancel(err)
+
+		return ctx, func() {}
+	}
+
+	unhook := context.AfterFunc(h.ctx, func() { cancel(context.Cause(h.ctx)) })
+
+	go func() {
+		clk := h.m.opts.Clock
+
+		for {
+			// The deadline may have moved since the timer was set (a
+			// renewal): only a failing Check ends the context. A passing
+			// Check leaves a positive time to the deadline.
+			if err := h.Check(); err != nil {
+				cancel(err)
+				return
+			}
+
+			t := clk.NewTimer(h.Deadline().Sub(clk.Now()))
+
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C():
+			}
+		}
+	}()
+
+	return ctx, func() {
+		unhook()
+		cancel(context.Canceled)
+	}
+}
+
 // watchLoop reads the wall clock every second and cancels the lease once
 // its deadline has passed. Timers and tickers run on the monotonic clock,
 // which stops while a machine sleeps; this catches the wake-up within a
@@ -386,8 +474,13 @@ func (h *Held) watchLoop(ticker clock.Ticker) {
 // Release stops the renewals, waits for the lease's goroutines and gives
 // the lease up in the backend so the next holder need not wait. After it,
 // Check fails with ErrReleased. It is idempotent: later calls return the
-// first one's result.
+// first one's result. Releasing a Held that Acquire did not make returns
+// ErrNotHeld.
 func (h *Held) Release(ctx context.Context) error {
+	if !h.valid() {
+		return ErrNotHeld
+	}
+
 	h.releaseOnce.Do(func() {
 		if h.failed.Load() == nil {
 			if d := h.deadline.Load(); passed(h.m.opts.Clock.Now(), *d) {

@@ -462,3 +462,89 @@ func TestAcquireHeld(t *testing.T) {
 	h.backend.mu.Unlock()
 	h.acquire(t, "b") // the failed attempt left the name free
 }
+
+// TestHeldNotFromAcquireProvesNothing: only Acquire makes a Held that
+// passes Check. A nil pointer and the zero value fail every check with
+// ErrNotHeld, and their contexts are already cancelled, so a caller that
+// forges one gets nothing done.
+func TestHeldNotFromAcquireProvesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		held *Held
+	}{
+		{"nil", nil},
+		{"zero value", &Held{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.held.Check(); !errors.Is(err, ErrNotHeld) {
+				t.Fatalf("Check = %v, want ErrNotHeld", err)
+			}
+			if err := context.Cause(tc.held.Context()); !errors.Is(err, ErrNotHeld) {
+				t.Fatalf("Context cause = %v, want ErrNotHeld", err)
+			}
+			if !tc.held.Deadline().IsZero() {
+				t.Fatalf("Deadline = %v, want zero", tc.held.Deadline())
+			}
+			ctx, stop := tc.held.Bound(context.Background())
+			defer stop()
+			if err := context.Cause(ctx); !errors.Is(err, ErrNotHeld) {
+				t.Fatalf("Bound context cause = %v, want ErrNotHeld", err)
+			}
+			if err := tc.held.Release(context.Background()); !errors.Is(err, ErrNotHeld) {
+				t.Fatalf("Release = %v, want ErrNotHeld", err)
+			}
+		})
+	}
+}
+
+// TestBoundEndsAtTheDeadline: a context from Bound whose parent never ends
+// (kopia's context.WithoutCancel) ends exactly when the lease's clock
+// reaches the deadline, survives a renewal that moved the deadline, and
+// ends at once when the lease is released.
+func TestBoundEndsAtTheDeadline(t *testing.T) {
+	// A margin of 12.5s puts the deadlines between the watchdog's ticks
+	// (every second from the acquisition): only Bound's own timer can end
+	// the context at the deadline.
+	h := newHarness(t, time.Minute, 15*time.Second, 12500*time.Millisecond)
+	held := h.acquire(t, "repo")
+
+	ctx, stop := held.Bound(context.WithoutCancel(context.Background()))
+	defer stop()
+
+	// The first renewal (at 15s) moves the deadline from 47.5s to 62.5s.
+	if err := h.step(t, 15*time.Second); err != nil {
+		t.Fatalf("renewal: %v", err)
+	}
+	if got, want := held.Deadline(), t0.Add(62500*time.Millisecond); !got.Equal(want) {
+		t.Fatalf("Deadline = %v, want %v", got, want)
+	}
+	h.backend.set(errors.New("backend down"))
+
+	// Past the first deadline: the renewal kept the context alive.
+	h.clk.SetTime(t0.Add(47500 * time.Millisecond))
+	if err := ctx.Err(); err != nil {
+		t.Fatalf("context ended at the old deadline: %v", context.Cause(ctx))
+	}
+
+	// A nanosecond before the deadline nothing ends; at it, the context
+	// does, whatever the watchdog's ticker does.
+	h.clk.SetTime(held.Deadline().Add(-time.Nanosecond))
+	if err := ctx.Err(); err != nil {
+		t.Fatalf("context ended before the deadline: %v", context.Cause(ctx))
+	}
+	h.clk.SetTime(held.Deadline())
+	if err := waitDone(t, ctx); !errors.Is(err, ErrExpired) {
+		t.Fatalf("cause = %v, want ErrExpired", err)
+	}
+
+	// Released: a new Bound context is cancelled from the start.
+	held2 := h.acquire(t, "other")
+	ctx2, stop2 := held2.Bound(context.Background())
+	defer stop2()
+	if err := held2.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitDone(t, ctx2); !errors.Is(err, ErrReleased) {
+		t.Fatalf("cause after Release = %v, want ErrReleased", err)
+	}
+}

@@ -42,13 +42,13 @@ func TestCoveredSkipsWorkDoneElsewhere(t *testing.T) {
 	a := newTestManager(t, me, fsSpec("r", path, true, PolicyNever))
 	b := newTestManager(t, me, fsSpec("r", path, false, PolicyNever))
 
-	if _, err := a.Run(ctx, "r", RunRequest{Cycle: Full}); err != nil {
+	if _, err := a.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Full}); err != nil {
 		t.Fatalf("first full run: %v", err)
 	}
 
 	due := time.Now()
 
-	if _, err := a.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := a.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("quick run of replica a: %v", err)
 	}
 
@@ -61,7 +61,7 @@ func TestCoveredSkipsWorkDoneElsewhere(t *testing.T) {
 		return last.After(due)
 	}
 
-	_, err := b.Run(ctx, "r", RunRequest{Cycle: Quick, Covered: covered})
+	_, err := b.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick, Covered: covered})
 
 	var de *DoneError
 	if !errors.As(err, &de) || !de.Skipped() {
@@ -77,7 +77,7 @@ func TestCoveredSkipsWorkDoneElsewhere(t *testing.T) {
 	}
 
 	// The full cycle ran before due: b runs it.
-	rep, err := b.Run(ctx, "r", RunRequest{Cycle: Full, Covered: covered})
+	rep, err := b.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Full, Covered: covered})
 	if err != nil {
 		t.Fatalf("full run of replica b: %v", err)
 	}

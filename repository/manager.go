@@ -73,8 +73,8 @@ type Manager struct {
 	health map[string]*Health
 	// books remembers this daemon's write sessions per repository.
 	books map[string]*sessionBook
-	// fences guard storage writes while a lease is held.
-	fences map[string]*fence
+	// fences counts what the fences of each repository refused.
+	fences map[string]*fenceStats
 	// owners holds takeovers not yet recorded in their repository.
 	owners ownerMemory
 }
@@ -107,7 +107,7 @@ func NewManager(opts Options, specs []Spec) (*Manager, error) {
 
 	registerHandleType()
 
-	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}, books: map[string]*sessionBook{}, fences: map[string]*fence{}}
+	m := &Manager{opts: opts, log: opts.Logger, specs: map[string]Spec{}, trackers: map[string]*atomic.Pointer[runTracker]{}, health: map[string]*Health{}, books: map[string]*sessionBook{}, fences: map[string]*fenceStats{}}
 	if err := m.Update(specs); err != nil {
 		return nil, err
 	}
@@ -150,7 +150,7 @@ func (m *Manager) Update(specs []Spec) error {
 
 		fc := m.fences[name]
 		if fc == nil {
-			fc = &fence{log: m.log.With(zap.String("repository", name))}
+			fc = &fenceStats{log: m.log.With(zap.String("repository", name))}
 			m.fences[name] = fc
 		}
 
@@ -167,7 +167,8 @@ func (m *Manager) Update(specs []Spec) error {
 				return nil, err
 			}
 
-			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now, fence: fc}, nil
+			// The open's context says which lease, if any, guards it.
+			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now, fence: fenceFrom(ctx), stats: fc}, nil
 		})
 	}
 
@@ -409,7 +410,12 @@ func (m *Manager) storageForConnect(ctx context.Context, spec Spec) (*handleStor
 		return nil, fmt.Errorf("repository %q: open %s: %w", spec.Name, spec.Storage.Location(), err)
 	}
 
-	return &handleStorage{Storage: st, handle: m.handle(spec.Name)}, nil
+	// Connecting only reads; creating a repository writes, and those
+	// writes pass the fence of the operation that asked for it (a run
+	// inside the repository's lease) like every other write.
+	fenced := &fencedStorage{Storage: st, fence: fenceFrom(ctx), stats: m.fenceStats(spec.Name)}
+
+	return &handleStorage{Storage: fenced, handle: m.handle(spec.Name)}, nil
 }
 
 // create initialises a new repository and makes this identity its

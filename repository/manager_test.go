@@ -66,7 +66,7 @@ func TestCreateAndMaintainFilesystemRepository(t *testing.T) {
 	next := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
 	nextFull := time.Now().Add(24 * time.Hour).Truncate(time.Second).UTC()
 
-	rep, err := m.Run(ctx, "local", RunRequest{Cycle: Quick, NextQuick: next, NextFull: nextFull, QuickInterval: time.Hour, FullInterval: 24 * time.Hour})
+	rep, err := m.Run(ctx, testLease(t, "local"), "local", RunRequest{Cycle: Quick, NextQuick: next, NextFull: nextFull, QuickInterval: time.Hour, FullInterval: 24 * time.Hour})
 	if err != nil {
 		t.Fatalf("quick run: %v", err)
 	}
@@ -79,7 +79,7 @@ func TestCreateAndMaintainFilesystemRepository(t *testing.T) {
 		t.Fatalf("quick cycle tasks = %v, want advance-epoch among them", taskNames(rep))
 	}
 
-	rep, err = m.Run(ctx, "local", RunRequest{Cycle: Full, NextQuick: next, NextFull: nextFull, QuickInterval: time.Hour, FullInterval: 24 * time.Hour})
+	rep, err = m.Run(ctx, testLease(t, "local"), "local", RunRequest{Cycle: Full, NextQuick: next, NextFull: nextFull, QuickInterval: time.Hour, FullInterval: 24 * time.Hour})
 	if err != nil {
 		t.Fatalf("full run: %v", err)
 	}
@@ -155,7 +155,7 @@ func TestMissingRepositoryAndWrongPassword(t *testing.T) {
 	me := Identity{Username: "maintd", Hostname: "test"}
 
 	creator := newTestManager(t, me, fsSpec("good", good, true, PolicyNever))
-	if _, err := creator.Run(ctx, "good", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := creator.Run(ctx, testLease(t, "good"), "good", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -164,7 +164,7 @@ func TestMissingRepositoryAndWrongPassword(t *testing.T) {
 
 	m := newTestManager(t, me, fsSpec("missing", empty, false, PolicyNever), wrong, fsSpec("good", good, false, PolicyNever))
 
-	_, err := m.Run(ctx, "missing", RunRequest{Cycle: Quick})
+	_, err := m.Run(ctx, testLease(t, "missing"), "missing", RunRequest{Cycle: Quick})
 	if !errors.Is(err, ErrNoRepository) {
 		t.Fatalf("missing repository: err = %v, want ErrNoRepository", err)
 	}
@@ -174,7 +174,7 @@ func TestMissingRepositoryAndWrongPassword(t *testing.T) {
 		t.Fatalf("missing repository error:\n got %s\nwant %s", err, want)
 	}
 
-	_, err = m.Run(ctx, "wrong", RunRequest{Cycle: Quick})
+	_, err = m.Run(ctx, testLease(t, "wrong"), "wrong", RunRequest{Cycle: Quick})
 	if !errors.Is(err, ErrWrongPassword) || err.Error() != `repository "wrong": wrong repository password` {
 		t.Fatalf("wrong password: err = %v", err)
 	}
@@ -184,7 +184,7 @@ func TestMissingRepositoryAndWrongPassword(t *testing.T) {
 	}
 
 	// The healthy repository is unaffected by the others' failures.
-	if _, err := m.Run(ctx, "good", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "good"), "good", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("good repository: %v", err)
 	}
 }
@@ -196,7 +196,7 @@ func setOwner(t *testing.T, path string, owner string) {
 	user, host, _ := strings.Cut(owner, "@")
 	m := newTestManager(t, Identity{Username: user, Hostname: host}, fsSpec("r", path, false, PolicyAlways))
 
-	if _, err := m.TakeOwnership(context.Background(), "r"); err != nil {
+	if _, err := m.TakeOwnership(context.Background(), testLease(t, "r"), "r"); err != nil {
 		t.Fatalf("set owner %s: %v", owner, err)
 	}
 }
@@ -226,23 +226,23 @@ func TestOwnershipPolicies(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "repo")
 			creator := newTestManager(t, Identity{Username: "default", Hostname: "default"}, fsSpec("r", path, true, PolicyNever))
 
-			if _, err := creator.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+			if _, err := creator.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 				t.Fatal(err)
 			}
 
 			switch tc.owner {
 			case "default@default":
 			case "":
-				if _, err := creator.HandBack(ctx, "r", ""); !errors.Is(err, ErrNothingToHandBack) {
+				if _, err := creator.HandBack(ctx, testLease(t, "r"), "r", ""); !errors.Is(err, ErrNothingToHandBack) {
 					t.Fatalf("hand back without memory: %v", err)
 				}
 
 				m := newTestManager(t, Identity{Username: "default", Hostname: "default"}, fsSpec("r", path, false, PolicyNever))
-				if _, err := m.TakeOwnership(ctx, "r"); err != nil {
+				if _, err := m.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 					t.Fatal(err)
 				}
 
-				if _, err := m.HandBack(ctx, "r", "nobody@nowhere"); err != nil {
+				if _, err := m.HandBack(ctx, testLease(t, "r"), "r", "nobody@nowhere"); err != nil {
 					t.Fatal(err)
 				}
 
@@ -254,7 +254,7 @@ func TestOwnershipPolicies(t *testing.T) {
 			}
 
 			m := newTestManager(t, me, fsSpec("r", path, false, tc.policy))
-			rep, err := m.Run(ctx, "r", RunRequest{Cycle: Quick})
+			rep, err := m.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 
 			var notOwner *NotOwnerError
 			if tc.wantRun {
@@ -300,17 +300,23 @@ func setUnowned(t *testing.T, path string) {
 
 	m := newTestManager(t, Identity{Username: "x", Hostname: "y"}, fsSpec("r", path, false, PolicyAlways))
 
-	if _, err := m.TakeOwnership(context.Background(), "r"); err != nil {
+	if _, err := m.TakeOwnership(context.Background(), testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
 	// TakeOwnership recorded the current owner; record an unowned
 	// repository instead and hand back to it.
-	if err := m.writeOwnerRecord(context.Background(), "r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
+	ctx, done, err := m.Leased(context.Background(), testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	if err := m.writeOwnerRecord(ctx, "r", ownerState{PreviousOwner: "", Remembered: true}); err != nil {
 		t.Fatal(err)
 	}
 
-	info, err := m.HandBack(context.Background(), "r", "")
+	info, err := m.HandBack(context.Background(), testLease(t, "r"), "r", "")
 	if err != nil || info.Owner != "" {
 		t.Fatalf("hand back to unowned: %v %+v", err, info)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/repo/blob"
+	"github.com/kopia/kopia/repo/content"
 	"github.com/kopia/kopia/repo/maintenance"
 	"go.uber.org/zap"
 )
@@ -73,6 +75,10 @@ type runTracker struct {
 	// betweenTasks, when set, runs after every task kopia records (the
 	// safety=none guard).
 	betweenTasks func()
+	// unreadable, when set, is called when the schedule cannot be read back
+	// after kopia rewrote it: a safety=none run then cannot re-check and
+	// must stop (fail closed).
+	unreadable func(err error)
 }
 
 // loggedContentIDBytes is how many bytes of a content ID kopia's content log
@@ -295,6 +301,14 @@ func (t *runTracker) scheduleWritten() {
 
 	s, err := maintenance.GetSchedule(t.ctx, *rp)
 	if err != nil {
+		if t.log != nil {
+			t.log.Warn("read maintenance schedule after a task", zap.Error(err))
+		}
+
+		if t.unreadable != nil {
+			t.unreadable(err)
+		}
+
 		return
 	}
 
@@ -348,16 +362,21 @@ func (t *runTracker) baseline(s *maintenance.Schedule) {
 
 // trackingStorage wraps the blob storage kopia uses for one repository. It
 // is installed once per open; the tracker it reports to is the run in flight
-// (nil outside runs).
+// (nil outside runs). Its fence is the one the open's context carried: nil
+// for a read-only open, which then can write nothing.
 type trackingStorage struct {
 	blob.Storage
 	tracker *atomic.Pointer[runTracker]
 	book    *sessionBook
 	now     func() time.Time
-	fence   *fence
+	fence   *runFence
+	stats   *fenceStats
 }
 
 func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func(blob.Metadata) error) error {
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
 	t := s.tracker.Load()
 	if t == nil {
 		return s.Storage.ListBlobs(ctx, prefix, cb)
@@ -373,8 +392,21 @@ func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func
 }
 
 func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
-	if err := s.fence.pass("delete", id); err != nil {
+	if err := s.fence.pass(s.stats, "delete", id); err != nil {
 		return err
+	}
+
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
+	// Deleting the marker of one of our own write sessions (kopia does
+	// when a session commits, e.g. the params write before the cycle)
+	// removes nothing of anyone else's: only other deletes wait for the
+	// re-check.
+	if s.fence != nil && !s.ownSessionMarker(id) {
+		if err := s.fence.deletes.pass(ctx); err != nil {
+			return fmt.Errorf("delete %s refused: %w", id, err)
+		}
 	}
 
 	err := s.Storage.DeleteBlob(ctx, id)
@@ -394,9 +426,12 @@ func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
 }
 
 func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
-	if err := s.fence.pass("write", id); err != nil {
+	if err := s.fence.pass(s.stats, "write", id); err != nil {
 		return err
 	}
+
+	ctx, done := s.fence.bound(ctx)
+	defer done()
 
 	// Remember the session before the blob exists, so a concurrent activity
 	// check never sees our own pack as another writer's.
@@ -409,6 +444,18 @@ func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Byt
 	}
 
 	return err
+}
+
+// ownSessionMarker reports whether id is the session marker of a write
+// session this daemon opened.
+func (s *trackingStorage) ownSessionMarker(id blob.ID) bool {
+	if !strings.HasPrefix(string(id), string(content.BlobIDPrefixSession)) {
+		return false
+	}
+
+	sid := string(content.SessionIDFromBlobID(id))
+
+	return sid != "" && s.book.ours(sid)
 }
 
 // maintenanceScheduleBlobID is the blob kopia keeps its schedule and run

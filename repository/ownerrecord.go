@@ -87,30 +87,6 @@ func (o *ownerMemory) clear(name string) {
 	delete(o.pending, name)
 }
 
-// fencedStorage passes every write and delete through the repository's
-// lease fence, as kopia's own writes do: a process that cannot prove its
-// lease changes no record.
-type fencedStorage struct {
-	blob.Storage
-	fence *fence
-}
-
-func (s fencedStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
-	if err := s.fence.pass("write", id); err != nil {
-		return err
-	}
-
-	return s.Storage.PutBlob(ctx, id, data, opts)
-}
-
-func (s fencedStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
-	if err := s.fence.pass("delete", id); err != nil {
-		return err
-	}
-
-	return s.Storage.DeleteBlob(ctx, id)
-}
-
 // recordStorage opens the repository's storage for its records.
 func (m *Manager) recordStorage(ctx context.Context, name string) (blob.Storage, error) {
 	spec, err := m.spec(name)
@@ -123,7 +99,9 @@ func (m *Manager) recordStorage(ctx context.Context, name string) (blob.Storage,
 		return nil, fmt.Errorf("repository %q: open %s: %w", name, spec.Storage.Location(), err)
 	}
 
-	return fencedStorage{Storage: st, fence: m.fence(name)}, nil
+	// The records are written by operations inside the repository's
+	// lease, through the same fence as kopia's writes.
+	return &fencedStorage{Storage: st, fence: fenceFrom(ctx), stats: m.fenceStats(name)}, nil
 }
 
 // outputBuffer is a blob.OutputBuffer over a bytes.Buffer.

@@ -50,8 +50,6 @@ func ownershipManager(t *testing.T, clk *fakeClock, user, host string, o Ownersh
 	return m
 }
 
-func passGuard(ctx context.Context, _ string, fn func(context.Context) error) error { return fn(ctx) }
-
 // TestFailedTakeoverWriteRecordsNothing: a stale takeover whose params
 // write fails (a transient 503) records no takeover, so the flap guard
 // does not hold the next attempt back; an hour later, with storage healthy,
@@ -67,7 +65,7 @@ func TestFailedTakeoverWriteRecordsNothing(t *testing.T) {
 	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
 	us := ownershipManager(t, clk, "maintd", "cluster-a", stale, faultyStorage{st, &fail, ""})
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -75,7 +73,7 @@ func TestFailedTakeoverWriteRecordsNothing(t *testing.T) {
 
 	fail.Store(true)
 
-	_, err := us.Run(ctx, "r", RunRequest{Cycle: Quick})
+	_, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 
 	fail.Store(false)
 
@@ -97,7 +95,7 @@ func TestFailedTakeoverWriteRecordsNothing(t *testing.T) {
 
 	clk.Advance(time.Hour)
 
-	rep, err := us.Run(ctx, "r", RunRequest{Cycle: Quick})
+	rep, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 	if err != nil || !rep.TookOver || rep.TakeoverReason != ReasonStale || rep.Owner != "maintd@cluster-a" {
 		t.Fatalf("retry an hour later, storage healthy, owner dead for 73h: err = %v, report %+v", err, rep)
 	}
@@ -124,7 +122,7 @@ func TestHandBackAfterRestart(t *testing.T) {
 	always := Ownership{Policy: PolicyAlways, StaleAfter: 48 * time.Hour, HandBackOnExit: true}
 	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -132,7 +130,7 @@ func TestHandBackAfterRestart(t *testing.T) {
 		t.Helper()
 		clk.Advance(time.Hour)
 
-		rep, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).Run(ctx, "r", RunRequest{Cycle: Quick})
+		rep, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 		if err != nil || !rep.TookOver || rep.PreviousOwner != "default@default" {
 			t.Fatalf("takeover: err = %v, report %+v", err, rep)
 		}
@@ -167,13 +165,13 @@ func TestHandBackAfterRestart(t *testing.T) {
 	}
 
 	// The record is gone with the hand-back: nothing left to hand back.
-	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).HandBack(ctx, "r", ""); !errors.Is(err, ErrNothingToHandBack) {
+	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).HandBack(ctx, testLease(t, "r"), "r", ""); !errors.Is(err, ErrNothingToHandBack) {
 		t.Fatalf("hand back after handing back: err = %v, want ErrNothingToHandBack", err)
 	}
 
 	takeOver()
 
-	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).HandBack(ctx, "r", ""); err != nil {
+	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).HandBack(ctx, testLease(t, "r"), "r", ""); err != nil {
 		t.Fatalf("owner hand-back by a restarted daemon: %v", err)
 	}
 
@@ -192,7 +190,7 @@ func TestFlapGuardSurvivesRestart(t *testing.T) {
 	stale := Ownership{Policy: PolicyStale, StaleAfter: 48 * time.Hour}
 	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -201,13 +199,13 @@ func TestFlapGuardSurvivesRestart(t *testing.T) {
 	// An operator takes ownership (no maintenance), the old owner takes it
 	// back an hour later, and the daemon restarts with an empty state
 	// directory.
-	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", stale, st).TakeOwnership(ctx, "r"); err != nil {
+	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", stale, st).TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
 	clk.Advance(time.Hour)
 
-	if _, err := velero.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := velero.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -216,7 +214,7 @@ func TestFlapGuardSurvivesRestart(t *testing.T) {
 	restarted := ownershipManager(t, clk, "maintd", "cluster-a", stale, st)
 
 	var notOwner *NotOwnerError
-	if _, err := restarted.Run(ctx, "r", RunRequest{Cycle: Quick}); !errors.As(err, &notOwner) {
+	if _, err := restarted.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); !errors.As(err, &notOwner) {
 		t.Fatalf("2h after our takeover, owner idle 74h, after a restart: err = %v, want skipped by the flap guard", err)
 	} else {
 		t.Logf("skipped: %v", err)
@@ -224,7 +222,7 @@ func TestFlapGuardSurvivesRestart(t *testing.T) {
 
 	clk.Advance(46 * time.Hour)
 
-	if rep, err := restarted.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil || !rep.TookOver {
+	if rep, err := restarted.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil || !rep.TookOver {
 		t.Fatalf("48h after our takeover: err = %v, want a takeover", err)
 	}
 }

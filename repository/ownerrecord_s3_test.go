@@ -21,7 +21,7 @@ func TestOwnerAndAuditRecordsOnMinIO(t *testing.T) {
 	veleroSpec.Ownership = Ownership{Policy: PolicyNever}
 	velero := newTestManager(t, Identity{Username: "default", Hostname: "default"}, veleroSpec)
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("velero creates the repository: %v", err)
 	}
 
@@ -31,12 +31,18 @@ func TestOwnerAndAuditRecordsOnMinIO(t *testing.T) {
 
 	first := newTestManager(t, me, spec)
 
-	rep, err := first.Run(ctx, "r", RunRequest{Cycle: Quick})
+	rep, err := first.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 	if err != nil || !rep.TookOver || rep.PreviousOwner != "default@default" {
 		t.Fatalf("takeover: err = %v, report %+v", err, rep)
 	}
 
-	if err := first.AppendAuditRecord(ctx, "r", []byte(`{"repository":"r","result":"refused"}`)); err != nil {
+	lctx, done, err := first.Leased(ctx, testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	if err := first.AppendAuditRecord(lctx, "r", []byte(`{"repository":"r","result":"refused"}`)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -59,7 +65,7 @@ func TestOwnerAndAuditRecordsOnMinIO(t *testing.T) {
 		t.Fatalf("owner after a new manager handed back: %+v (%v)", info, err)
 	}
 
-	if _, err := newTestManager(t, me, spec).HandBack(ctx, "r", ""); !errors.Is(err, ErrNothingToHandBack) {
+	if _, err := newTestManager(t, me, spec).HandBack(ctx, testLease(t, "r"), "r", ""); !errors.Is(err, ErrNothingToHandBack) {
 		t.Fatalf("hand back again: err = %v, want ErrNothingToHandBack", err)
 	}
 }

@@ -53,7 +53,7 @@ func TestOwnerRecordWriteFailureAfterTakeover(t *testing.T) {
 	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
 	us := ownershipManager(t, clk, "maintd", "cluster-a", always, faultyStorage{st, &fail, OwnerRecordPrefix})
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -62,7 +62,7 @@ func TestOwnerRecordWriteFailureAfterTakeover(t *testing.T) {
 
 	fail.Store(true)
 
-	rep, err := us.Run(ctx, "r", RunRequest{Cycle: Quick})
+	rep, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 	if err != nil || !rep.TookOver || len(rep.Tasks) == 0 {
 		t.Fatalf("takeover whose record cannot be written: err = %v, report %+v, want a maintained repository", err, rep)
 	}
@@ -79,14 +79,14 @@ func TestOwnerRecordWriteFailureAfterTakeover(t *testing.T) {
 	clk.Advance(time.Hour)
 
 	// Still failing: the run is not held back by the record either.
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("second run with record writes failing: %v", err)
 	}
 
 	fail.Store(false)
 	clk.Advance(time.Hour)
 
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -105,19 +105,19 @@ func TestOwnerRecordPerIdentity(t *testing.T) {
 
 	always := Ownership{Policy: PolicyAlways, StaleAfter: 48 * time.Hour}
 
-	if _, err := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st).Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st).Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
 	clk.Advance(time.Hour)
 
-	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).TakeOwnership(ctx, "r"); err != nil {
+	if _, err := ownershipManager(t, clk, "maintd", "cluster-a", always, st).TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
 	clk.Advance(time.Hour)
 
-	if _, err := ownershipManager(t, clk, "maintd", "cluster-b", always, st).TakeOwnership(ctx, "r"); err != nil {
+	if _, err := ownershipManager(t, clk, "maintd", "cluster-b", always, st).TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -142,7 +142,7 @@ func TestLegacyOwnerFileMovesIntoRepository(t *testing.T) {
 
 	always := Ownership{Policy: PolicyAlways, StaleAfter: 48 * time.Hour, HandBackOnExit: true}
 
-	if _, err := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st).Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st).Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -151,7 +151,7 @@ func TestLegacyOwnerFileMovesIntoRepository(t *testing.T) {
 	clk.Advance(time.Hour)
 
 	old := ownershipManager(t, clk, "maintd", "cluster-a", always, st)
-	if _, err := old.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := old.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -178,7 +178,7 @@ func TestLegacyOwnerFileMovesIntoRepository(t *testing.T) {
 
 	clk.Advance(time.Hour)
 
-	if _, err := old.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := old.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -208,7 +208,7 @@ func TestOwnerRecordVersionZeroAndDamaged(t *testing.T) {
 	st := newMemStorage(clk.Now)
 
 	us := ownershipManager(t, clk, "maintd", "cluster-a", Ownership{Policy: PolicyAlways}, st)
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -233,52 +233,74 @@ func TestOwnerRecordVersionZeroAndDamaged(t *testing.T) {
 		t.Fatalf("damaged record: %+v (%v), want nothing remembered", info, err)
 	}
 
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("run with a damaged record: %v", err)
 	}
 }
 
-// TestRecordsPassTheLeaseFence: with the lease unprovable, neither the
-// ownership record nor an audit record reaches storage.
+// TestRecordsPassTheLeaseFence: outside a leased operation, or with the
+// lease expired, neither the ownership record nor an audit record reaches
+// storage; inside a valid lease they do.
 func TestRecordsPassTheLeaseFence(t *testing.T) {
 	ctx := context.Background()
 	clk := &fakeClock{t: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
 	st := newMemStorage(clk.Now)
 
 	us := ownershipManager(t, clk, "maintd", "cluster-a", Ownership{Policy: PolicyAlways}, st)
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
-
-	lost := errors.New("lease not renewed for 45s")
-	remove := us.Fence("r", func() error { return lost })
 
 	st.mu.Lock()
 	puts, deletes := st.puts, st.deletes
 	st.mu.Unlock()
 
-	if err := us.writeOwnerRecord(ctx, "r", ownerState{PreviousOwner: "x@y", Remembered: true}); !errors.Is(err, lost) {
-		t.Fatalf("owner record while fenced: err = %v, want the fence's error", err)
+	// No lease in the context: refused.
+	if err := us.writeOwnerRecord(ctx, "r", ownerState{PreviousOwner: "x@y", Remembered: true}); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("owner record outside a lease: err = %v, want ErrNoLease", err)
 	}
 
-	if err := us.forgetOwnerRecord(ctx, "r"); !errors.Is(err, lost) {
-		t.Fatalf("forget owner record while fenced: err = %v, want the fence's error", err)
+	if err := us.forgetOwnerRecord(ctx, "r"); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("forget owner record outside a lease: err = %v, want ErrNoLease", err)
 	}
 
-	if err := us.AppendAuditRecord(ctx, "r", []byte(`{}`)); !errors.Is(err, lost) {
-		t.Fatalf("audit record while fenced: err = %v, want the fence's error", err)
+	if err := us.AppendAuditRecord(ctx, "r", []byte(`{}`)); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("audit record outside a lease: err = %v, want ErrNoLease", err)
+	}
+
+	// A lease that expired after the operation started: refused too.
+	held, lclk := fakeClockLease(t, "r")
+
+	lctx, done, err := us.Leased(ctx, held, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	lclk.SetTime(held.Deadline())
+
+	if err := us.AppendAuditRecord(lctx, "r", []byte(`{}`)); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("audit record after the lease expired: err = %v, want ErrNoLease", err)
 	}
 
 	st.mu.Lock()
 	if st.puts != puts || st.deletes != deletes {
-		t.Errorf("storage changed while fenced: puts %d→%d, deletes %d→%d", puts, st.puts, deletes, st.deletes)
+		t.Errorf("storage changed without a valid lease: puts %d→%d, deletes %d→%d", puts, st.puts, deletes, st.deletes)
 	}
 	st.mu.Unlock()
 
-	remove()
+	if _, _, err := us.Leased(ctx, held, "r"); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("Leased with an expired lease: %v", err)
+	}
 
-	if err := us.AppendAuditRecord(ctx, "r", []byte(`{}`)); err != nil {
-		t.Fatalf("audit record after the fence is removed: %v", err)
+	vctx, vdone, err := us.Leased(ctx, testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vdone()
+
+	if err := us.AppendAuditRecord(vctx, "r", []byte(`{}`)); err != nil {
+		t.Fatalf("audit record inside a valid lease: %v", err)
 	}
 }
 
@@ -290,13 +312,19 @@ func TestAuditRecordsKeepTheNewest(t *testing.T) {
 	st := newMemStorage(clk.Now)
 
 	us := ownershipManager(t, clk, "maintd", "cluster-a", Ownership{Policy: PolicyAlways}, st)
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
+	lctx, done, err := us.Leased(ctx, testLease(t, "r"), "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
 	total := AuditRecordsKept + 3
 	for i := range total {
-		if err := us.AppendAuditRecord(ctx, "r", fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+		if err := us.AppendAuditRecord(lctx, "r", fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
 			t.Fatal(err)
 		}
 
@@ -357,7 +385,7 @@ func TestTakeoverWriteThatLandedDespiteAnError(t *testing.T) {
 	velero := ownershipManager(t, clk, "default", "default", Ownership{Policy: PolicyNever}, st)
 	us := ownershipManager(t, clk, "maintd", "cluster-a", Ownership{Policy: PolicyAlways}, landsThenFails{st, &armed})
 
-	if _, err := velero.Run(ctx, "r", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := velero.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -366,7 +394,7 @@ func TestTakeoverWriteThatLandedDespiteAnError(t *testing.T) {
 
 	armed.Store(true)
 
-	if _, err := us.Run(ctx, "r", RunRequest{Cycle: Quick}); err == nil || !strings.Contains(err.Error(), "write maintenance owner") {
+	if _, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err == nil || !strings.Contains(err.Error(), "write maintenance owner") {
 		t.Fatalf("takeover whose index write reported an error: err = %v, want the params write's error", err)
 	} else {
 		t.Logf("takeover run: %v", err)
@@ -380,7 +408,7 @@ func TestTakeoverWriteThatLandedDespiteAnError(t *testing.T) {
 
 	clk.Advance(time.Hour)
 
-	rep, err := us.Run(ctx, "r", RunRequest{Cycle: Quick})
+	rep, err := us.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 	if err != nil || rep.TookOver || rep.PreviousOwner != "maintd@cluster-a" {
 		t.Fatalf("next run: err = %v, report %+v, want us already the owner", err, rep)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/kopia/kopia/repo/format"
 	"github.com/kopia/kopia/repo/maintenance"
 	"go.uber.org/zap"
+
+	"github.com/kopia-maintd/kopia-maintd/lease"
 )
 
 // Policy says when the daemon takes maintenance ownership of a repository.
@@ -311,7 +313,15 @@ func (m *Manager) ownerInfo(ctx context.Context, name, owner string) (*OwnerInfo
 // policy (an explicit operator action) and records the previous owner in
 // the repository. When the owner was written but the record could not be,
 // the error says so and names the previous owner.
-func (m *Manager) TakeOwnership(ctx context.Context, name string) (*OwnerInfo, error) {
+//
+// held must be a valid lease on the repository (see Run).
+func (m *Manager) TakeOwnership(ctx context.Context, held *lease.Held, name string) (*OwnerInfo, error) {
+	ctx, done, err := m.leased(ctx, held, name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+
 	s, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
@@ -350,8 +360,14 @@ var ErrNothingToHandBack = errors.New("no previous owner remembered")
 // HandBack gives maintenance ownership to `to`, or when it is empty to the
 // owner recorded when this identity took it (in the repository, so the
 // record survives restarts and is shared by replicas). It only hands back
-// what it owns.
-func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, error) {
+// what it owns. held must be a valid lease on the repository (see Run).
+func (m *Manager) HandBack(ctx context.Context, held *lease.Held, name, to string) (*OwnerInfo, error) {
+	ctx, done, err := m.leased(ctx, held, name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+
 	if to != "" && !ownerPattern.MatchString(to) {
 		return nil, fmt.Errorf("hand back to %q: want user@host", to)
 	}
@@ -403,9 +419,9 @@ func (m *Manager) HandBack(ctx context.Context, name, to string) (*OwnerInfo, er
 
 // HandBackOnExit hands ownership back for every repository whose spec asks
 // for it and that this identity took over (by the record in the
-// repository), each inside guard (the repository's lease). Errors are
-// logged per repository.
-func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context) error) error) {
+// repository), each inside guard (the repository's lease, which it passes
+// to fn). Errors are logged per repository.
+func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Context, name string, fn func(context.Context, *lease.Held) error) error) {
 	for _, name := range m.Names() {
 		spec, err := m.spec(name)
 		if err != nil || !spec.Ownership.HandBackOnExit {
@@ -422,8 +438,8 @@ func (m *Manager) HandBackOnExit(ctx context.Context, guard func(ctx context.Con
 			continue
 		}
 
-		err = guard(ctx, name, func(ctx context.Context) error {
-			_, err := m.HandBack(ctx, name, "")
+		err = guard(ctx, name, func(ctx context.Context, held *lease.Held) error {
+			_, err := m.HandBack(ctx, held, name, "")
 			return err
 		})
 		if err != nil {

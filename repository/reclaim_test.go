@@ -116,7 +116,7 @@ func TestReclaimPredictionMatchesKopia(t *testing.T) {
 		t.Helper()
 
 		now := clk.Now()
-		rep, err := m.Run(ctx, "r", RunRequest{
+		rep, err := m.Run(ctx, testLease(t, "r"), "r", RunRequest{
 			Cycle: cycle, NextQuick: now.Add(6 * time.Hour), NextFull: nextMidnight(now),
 			QuickInterval: 6 * time.Hour, FullInterval: 24 * time.Hour,
 		})

@@ -15,6 +15,11 @@ import (
 	"github.com/kopia/kopia/repo/maintenancestats"
 	"github.com/kopia/kopia/snapshot/snapshotgc"
 	"go.uber.org/zap"
+
+	"github.com/kopia-maintd/kopia-maintd/lease"
+	// Imported under another name: safety is this package's name for
+	// the SafetyFull parameters.
+	safetygate "github.com/kopia-maintd/kopia-maintd/safety"
 )
 
 // Cycle is a kind of maintenance cycle.
@@ -65,16 +70,46 @@ func (e *DoneError) Error() string {
 // Skipped makes the scheduler count the run as skipped.
 func (e *DoneError) Skipped() bool { return true }
 
-// UnsafeRun is what a SafetyNone cycle needs to keep proving, from the
-// repository, that nobody else writes.
+// UnsafeRun is what a SafetyNone cycle needs: the proof that the gate
+// passed for this repository, and the checks that keep proving, from the
+// repository and from Kubernetes, that nobody else writes.
 type UnsafeRun struct {
+	// Admission is what the passed gate returned (safety.Gate.Admit). Run
+	// refuses a SafetyNone cycle without a valid one for its repository.
+	Admission safetygate.Admission
 	// QuietPeriod is how long other sessions must not have written.
 	QuietPeriod time.Duration
 	// Guard is called with the repository's activity evidence right before
-	// the cycle and after every kopia task. An error refuses the cycle
-	// before it starts, or cancels it at once.
+	// the cycle, right before snapshot GC (the first destructive step), at
+	// the first blob delete and after every kopia task. An error refuses
+	// the cycle before it starts, or cancels it at once.
 	Guard func(ctx context.Context, activity []Activity) error
+	// Kubernetes re-runs the Kubernetes checks synchronously; it is called
+	// right before snapshot GC and at the first blob delete, with Guard.
+	// An error cancels the cycle. Required: a caller without Kubernetes
+	// checks passes a function that returns nil.
+	Kubernetes func(ctx context.Context) error
 }
+
+// check refuses an UnsafeRun that cannot be run on the named repository.
+func (u *UnsafeRun) check(name string, cycle Cycle) error {
+	switch {
+	case cycle != Full:
+		return fmt.Errorf("repository %q: a safety=none run must be a full cycle", name)
+	case !u.Admission.Valid():
+		return fmt.Errorf("repository %q: %w: the safety=none gate has not passed", name, ErrNotAdmitted)
+	case u.Admission.Decision().Repository != name:
+		return fmt.Errorf("repository %q: %w: the gate passed for repository %q", name, ErrNotAdmitted, u.Admission.Decision().Repository)
+	case u.Guard == nil || u.Kubernetes == nil:
+		return fmt.Errorf("repository %q: a safety=none run needs its repository and Kubernetes re-checks", name)
+	}
+
+	return nil
+}
+
+// ErrNotAdmitted reports a safety=none run requested without the admission
+// of a passed gate for its repository.
+var ErrNotAdmitted = errors.New("safety=none run not admitted")
 
 // GuardError reports a SafetyNone cycle that its guard refused before it
 // started (Started false) or cancelled while it ran.
@@ -147,7 +182,12 @@ var safety = maintenance.SafetyFull
 // ownership policy first. A skipped run returns an error with a
 // `Skipped() bool` method (*NotOwnerError, *LockedError). The report is
 // returned with whatever tasks ran, also on failure.
-func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report, error) {
+//
+// held must be a valid lease on the repository: without one Run refuses
+// with ErrNoLease before opening anything. Every storage write of the run
+// (the repository's creation included) checks the lease first, and every
+// storage call ends when the lease ends, whatever context kopia passes.
+func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req RunRequest) (*Report, error) {
 	var mode maintenance.Mode
 
 	switch req.Cycle {
@@ -161,13 +201,23 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 
 	params := safety
 
+	fence, err := m.leaseFence(name, held)
+	if err != nil {
+		return nil, err
+	}
+
 	if req.Unsafe != nil {
-		if req.Cycle != Full || req.Unsafe.Guard == nil {
-			return nil, fmt.Errorf("repository %q: a safety=none run must be a guarded full cycle", name)
+		if err := req.Unsafe.check(name, req.Cycle); err != nil {
+			return nil, err
 		}
 
 		params = maintenance.SafetyNone
+		fence.deletes = &deleteGate{}
 	}
+
+	// The whole run, not only its storage calls, ends with the lease.
+	ctx, stopBound := held.Bound(withFence(ctx, fence))
+	defer stopBound()
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -248,9 +298,13 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 		func(ctx context.Context, dw repo.DirectRepositoryWriter) error {
 			dw.LogManager().Enable()
 
+			// recheck re-runs both the repository's and Kubernetes'
+			// checks synchronously; nil outside safety=none runs.
+			var recheck func(ctx context.Context) error
+
 			if u := req.Unsafe; u != nil {
-				// The last word before the destructive cycle: nothing may
-				// be writing, not even a session marker of our own.
+				// The last word before the cycle: nothing may be writing,
+				// not even a session marker of our own.
 				acts, err := m.activity(ctx, dw, name, u.QuietPeriod, false)
 				if err == nil {
 					err = u.Guard(ctx, acts)
@@ -258,6 +312,19 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 
 				if err != nil {
 					return &GuardError{Repository: name, Cause: err}
+				}
+
+				recheck = func(ctx context.Context) error {
+					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, true)
+					if err != nil {
+						return fmt.Errorf("look for other writers: %w", err)
+					}
+
+					if err := u.Guard(ctx, acts); err != nil {
+						return err
+					}
+
+					return u.Kubernetes(ctx)
 				}
 
 				tracker.betweenTasks = func() {
@@ -270,10 +337,38 @@ func (m *Manager) Run(ctx context.Context, name string, req RunRequest) (*Report
 						cancel(&GuardError{Repository: name, Started: true, Cause: err})
 					}
 				}
+
+				// A re-check that cannot read what kopia recorded cannot
+				// prove anything: stop (fail closed).
+				tracker.unreadable = func(err error) {
+					cancel(&GuardError{Repository: name, Started: true, Cause: fmt.Errorf("re-check after a task: read maintenance schedule: %w", err)})
+				}
+
+				// The second line: whatever path kopia takes to its first
+				// blob delete, that delete waits for a passed re-check.
+				fence.deletes.setCheck(func(ctx context.Context) error {
+					if err := recheck(ctx); err != nil {
+						cancel(&GuardError{Repository: name, Started: true, Cause: err})
+						return err
+					}
+
+					return nil
+				})
 			}
 
 			err := maintenance.RunExclusive(ctx, dw, mode, false, func(ctx context.Context, rp maintenance.RunParameters) error {
 				ran = true
+
+				// With SafetyNone, snapshot GC's marking is already
+				// destructive: the evidence of the gate and of the checks
+				// before the cycle may be minutes old by now (a Velero pod
+				// starting between the watcher's passes), so re-check both
+				// synchronously right here.
+				if recheck != nil {
+					if err := recheck(ctx); err != nil {
+						return &GuardError{Repository: name, Started: true, Cause: err}
+					}
+				}
 
 				// The same steps as kopia's snapshotmaintenance.Run: snapshot
 				// GC marks unreferenced contents before a full cycle.

@@ -37,7 +37,7 @@ func TestS3RepositoryOnMinIO(t *testing.T) {
 	local := fsSpec("local", filepath.Join(t.TempDir(), "repo"), true, PolicyNever)
 	m := newTestManager(t, me, s3Spec("s3", mc, "backups", "kopia/ns1/", true), local)
 
-	if _, err := m.Run(ctx, "s3", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("create and maintain s3 repository: %v", err)
 	}
 
@@ -53,7 +53,7 @@ func TestS3RepositoryOnMinIO(t *testing.T) {
 	writer := newTestClient(t, st, testPassword, "velero", "cluster-a", nil)
 	writer.snapshot("/data", map[string][]byte{"a": randomBytes(1, 3<<20), "b": randomBytes(2, 100<<10)})
 
-	rep, err := m.Run(ctx, "s3", RunRequest{Cycle: Full})
+	rep, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Full})
 	if err != nil {
 		t.Fatalf("full cycle on s3: %v", err)
 	}
@@ -70,7 +70,7 @@ func TestS3RepositoryOnMinIO(t *testing.T) {
 	defer cancel()
 
 	start := time.Now()
-	_, err = m.Run(runCtx, "s3", RunRequest{Cycle: Quick})
+	_, err = m.Run(runCtx, testLease(t, "s3"), "s3", RunRequest{Cycle: Quick})
 
 	if err == nil {
 		t.Fatal("run with MinIO stopped succeeded")
@@ -87,13 +87,13 @@ func TestS3RepositoryOnMinIO(t *testing.T) {
 		t.Fatal("outage error contains the secret key")
 	}
 
-	if _, err := m.Run(ctx, "local", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "local"), "local", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("filesystem repository failed during the S3 outage: %v", err)
 	}
 
 	mc.Start(t)
 
-	if _, err := m.Run(ctx, "s3", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("s3 repository after MinIO came back: %v", err)
 	}
 
@@ -110,7 +110,7 @@ func TestS3WrongCredentialsAndMissingRepository(t *testing.T) {
 
 	m := newTestManager(t, Identity{Username: "maintd", Hostname: "c"}, bad, s3Spec("empty", mc, "backups", "nothing-here/", false))
 
-	_, err := m.Run(ctx, "badkey", RunRequest{Cycle: Quick})
+	_, err := m.Run(ctx, testLease(t, "badkey"), "badkey", RunRequest{Cycle: Quick})
 	if err == nil || !strings.HasPrefix(err.Error(), `repository "badkey": `) {
 		t.Fatalf("wrong secret key: err = %v", err)
 	}
@@ -121,7 +121,7 @@ func TestS3WrongCredentialsAndMissingRepository(t *testing.T) {
 
 	t.Logf("wrong secret key: %v", err)
 
-	_, err = m.Run(ctx, "empty", RunRequest{Cycle: Quick})
+	_, err = m.Run(ctx, testLease(t, "empty"), "empty", RunRequest{Cycle: Quick})
 	want := `repository "empty": no kopia repository at s3:http://` + mc.Endpoint + `/backups/nothing-here/ (set create: true to create one)`
 
 	if err == nil || err.Error() != want {

@@ -102,7 +102,7 @@ func TestS3RotatedKeyFileUsedByNextRun(t *testing.T) {
 
 	m := newTestManager(t, Identity{Username: "maintd", Hostname: "c"}, spec)
 
-	if _, err := m.Run(ctx, "s3", RunRequest{Cycle: Quick}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("first run with the right key: %v", err)
 	}
 
@@ -110,7 +110,7 @@ func TestS3RotatedKeyFileUsedByNextRun(t *testing.T) {
 
 	keys.rotate(mc.AccessKey, wrong)
 
-	_, err := m.Run(ctx, "s3", RunRequest{Cycle: Quick})
+	_, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Quick})
 	if err == nil {
 		t.Fatal("run after the key file got a wrong secret succeeded: the old key is still in use")
 	}
@@ -121,7 +121,7 @@ func TestS3RotatedKeyFileUsedByNextRun(t *testing.T) {
 
 	keys.rotate(mc.AccessKey, mc.SecretKey)
 
-	if _, err := m.Run(ctx, "s3", RunRequest{Cycle: Full}); err != nil {
+	if _, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Full}); err != nil {
 		t.Fatalf("run after the right key was written back: %v", err)
 	}
 }

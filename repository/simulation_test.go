@@ -189,7 +189,7 @@ func TestSafetyFullReclaimsDeletedSnapshotWithinWindow(t *testing.T) {
 		go func() {
 			defer wg.Done()
 
-			rep, runErr = m.Run(ctx, "sim", req)
+			rep, runErr = m.Run(ctx, testLease(t, "sim"), "sim", req)
 		}()
 
 		if concurrently != nil {

@@ -42,7 +42,7 @@ func TestStaleTakeoverWithoutFlapping(t *testing.T) {
 	us := newMgr("maintd", "cluster-a", PolicyStale)
 
 	run := func(m *Manager) (*Report, error) {
-		return m.Run(ctx, "r", RunRequest{Cycle: Quick})
+		return m.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
 	}
 
 	// Velero creates the repository and maintains it.
@@ -73,7 +73,7 @@ func TestStaleTakeoverWithoutFlapping(t *testing.T) {
 	// takeover run recorded activity, so 47h later the owner is not stale.
 	clk.Advance(time.Hour)
 
-	if _, err := velero.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := velero.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -95,19 +95,19 @@ func TestStaleTakeoverWithoutFlapping(t *testing.T) {
 	// that takeover before taking ownership again.
 	clk.Advance(10 * time.Hour)
 
-	if _, err := velero.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := velero.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
 	clk.Advance(time.Hour)
 
-	if _, err := us.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := us.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 
 	clk.Advance(time.Hour)
 
-	if _, err := velero.TakeOwnership(ctx, "r"); err != nil {
+	if _, err := velero.TakeOwnership(ctx, testLease(t, "r"), "r"); err != nil {
 		t.Fatal(err)
 	}
 

@@ -63,7 +63,7 @@ func newUnsafeFixture(t *testing.T) *unsafeFixture {
 func (f *unsafeFixture) run(cycle Cycle, unsafe *UnsafeRun) (*Report, error) {
 	f.t.Helper()
 
-	return f.m.Run(context.Background(), "r", RunRequest{Cycle: cycle, Unsafe: unsafe})
+	return f.m.Run(context.Background(), testLease(f.t, "r"), "r", RunRequest{Cycle: cycle, Unsafe: unsafe})
 }
 
 func (f *unsafeFixture) activity(quiet time.Duration) []Activity {
@@ -112,7 +112,7 @@ func TestActivitySeesOtherWritersButNotOurs(t *testing.T) {
 	t.Logf("evidence: %s", acts[0])
 
 	// A SafetyNone cycle is refused before it starts, and nothing ran.
-	_, err := f.run(Full, &UnsafeRun{QuietPeriod: quiet, Guard: refuseAny})
+	_, err := f.run(Full, &UnsafeRun{Admission: admitted(t, "r"), QuietPeriod: quiet, Guard: refuseAny, Kubernetes: noKubernetes})
 
 	var ge *GuardError
 	if !errors.As(err, &ge) || ge.Started {
@@ -126,7 +126,7 @@ func TestActivitySeesOtherWritersButNotOurs(t *testing.T) {
 		t.Fatalf("after the quiet period: activity %v", acts)
 	}
 
-	if _, err := f.run(Full, &UnsafeRun{QuietPeriod: quiet, Guard: refuseAny}); err != nil {
+	if _, err := f.run(Full, &UnsafeRun{Admission: admitted(t, "r"), QuietPeriod: quiet, Guard: refuseAny, Kubernetes: noKubernetes}); err != nil {
 		t.Fatalf("unsafe run after the quiet period: %v", err)
 	}
 
@@ -201,7 +201,7 @@ func TestUnsafeCycleReclaimsDeletedSnapshotAtOnce(t *testing.T) {
 
 	f.clk.Advance(quiet + time.Minute)
 
-	rep, err := f.run(Full, &UnsafeRun{QuietPeriod: quiet, Guard: refuseAny})
+	rep, err := f.run(Full, &UnsafeRun{Admission: admitted(t, "r"), QuietPeriod: quiet, Guard: refuseAny, Kubernetes: noKubernetes})
 	if err != nil {
 		t.Fatalf("unsafe cycle: %v", err)
 	}
@@ -225,17 +225,19 @@ func TestGuardCancelsUnsafeCycleBetweenTasks(t *testing.T) {
 	f.writer.deleteSnapshot(id)
 	f.clk.Advance(quiet + time.Minute)
 
+	// The first call is the check before the cycle, the second the
+	// re-check before snapshot GC, the third the one after it.
 	calls := 0
 	guard := func(_ context.Context, acts []Activity) error {
 		calls++
-		if calls == 2 {
+		if calls == 3 {
 			return errors.New("a Backup started")
 		}
 
 		return refuseAny(context.Background(), acts)
 	}
 
-	rep, err := f.run(Full, &UnsafeRun{QuietPeriod: quiet, Guard: guard})
+	rep, err := f.run(Full, &UnsafeRun{Admission: admitted(t, "r"), QuietPeriod: quiet, Guard: guard, Kubernetes: noKubernetes})
 
 	var ge *GuardError
 	if !errors.As(err, &ge) || !ge.Started || !strings.Contains(err.Error(), "a Backup started") {

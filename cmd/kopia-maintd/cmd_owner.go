@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kopia-maintd/kopia-maintd/lease"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 )
 
@@ -61,13 +62,13 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 			return lerr
 		}
 
-		err = lm.with(ctx, *name, func(ctx context.Context) error {
+		err = lm.With(ctx, *name, func(ctx context.Context, held *lease.Held) error {
 			var err error
 
 			if action == "take" {
-				info, err = mgr.TakeOwnership(ctx, *name)
+				info, err = mgr.TakeOwnership(ctx, held, *name)
 			} else {
-				info, err = mgr.HandBack(ctx, *name, *to)
+				info, err = mgr.HandBack(ctx, held, *name, *to)
 			}
 
 			return err

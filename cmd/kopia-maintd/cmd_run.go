@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
 )
@@ -72,7 +73,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Logger:      log.Named("scheduler"),
 		Concurrency: cfg.Concurrency,
 		Maintainer: maintainer{
-			m: mgr, met: met, self: cfg.Identity.String(), owners: &owners{},
+			m: mgr, met: met, self: cfg.Identity.String(), owners: &maintain.Owners{},
 			unsafe: newUnsafeRunner(cfg, mgr, met, log.Named("safety")), current: current, leases: lm,
 		},
 		Recorder: met,
@@ -137,7 +138,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	cleanupCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 
-	mgr.HandBackOnExit(cleanupCtx, lm.with)
+	mgr.HandBackOnExit(cleanupCtx, lm.With)
 
 	stopServer()
 	wg.Wait()

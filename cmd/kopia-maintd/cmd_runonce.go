@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kopia-maintd/kopia-maintd/lease"
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
 )
@@ -66,14 +68,14 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 
 	var rep *repository.Report
 
-	runErr := lm.with(ctx, rc.Name, func(ctx context.Context) error {
+	runErr := lm.With(ctx, rc.Name, func(ctx context.Context, held *lease.Held) error {
 		var err error
 
 		if lvl == safety.None {
 			u := newUnsafeRunner(cfg, mgr, nil, log.Named("safety"))
-			rep, err = u.run(ctx, cfg, rc, requester(), req)
+			rep, err = u.Run(ctx, held, u.request(cfg, rc, held, requester(), req))
 		} else {
-			rep, err = mgr.Run(ctx, rc.Name, req)
+			rep, err = mgr.Run(ctx, held, rc.Name, req)
 		}
 
 		return err
@@ -82,9 +84,9 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 		printReport(stdout, rep, runErr)
 	}
 
-	var refusal *gateRefusal
+	var refusal *maintain.GateRefusal
 	if errors.As(runErr, &refusal) {
-		printDecision(stdout, refusal.decision)
+		printDecision(stdout, refusal.Decision)
 	}
 
 	if runErr != nil {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
@@ -28,53 +29,17 @@ type repoStatus struct {
 	// UnsafeRuns are the newest safety=none requests from the audit log.
 	UnsafeRuns []safety.AuditEntry `json:"unsafeRuns,omitempty"`
 	// Lease is who holds the repository's lease now.
-	Lease leaseStatus `json:"lease"`
-	Error string      `json:"error,omitempty"`
-}
-
-// leaseStatus is a repository's lease in `status` output.
-type leaseStatus struct {
-	// State is free, held (renewed within the lease duration), stale (its
-	// holder stopped renewing: the next run takes it over) or unknown.
-	State  string `json:"state"`
-	Holder string `json:"holder,omitempty"`
-	// Renewed is the holder's last renewal by the backend's record: the
-	// storage's timestamp of the lease blob, or the Lease's renewTime.
-	Renewed time.Time `json:"renewed,omitzero"`
-	Error   string    `json:"error,omitempty"`
+	Lease maintain.LeaseStatus `json:"lease"`
+	Error string               `json:"error,omitempty"`
 }
 
 // inspectLease reads who holds the named repository's lease.
-func inspectLease(ctx context.Context, l *leases, lerr error, name string, now time.Time) leaseStatus {
+func inspectLease(ctx context.Context, l *leases, lerr error, name string, now time.Time) maintain.LeaseStatus {
 	if lerr != nil {
-		return leaseStatus{State: "unknown", Error: lerr.Error()}
+		return maintain.LeaseStatus{State: maintain.LeaseUnknown, Error: lerr.Error()}
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-
-	hs, err := l.lm.Inspect(ctx, name)
-	if err != nil {
-		return leaseStatus{State: "unknown", Error: err.Error()}
-	}
-
-	if len(hs) == 0 {
-		return leaseStatus{State: "free"}
-	}
-
-	newest := hs[0]
-	for _, h := range hs[1:] {
-		if h.Renewed.After(newest.Renewed) {
-			newest = h
-		}
-	}
-
-	st := leaseStatus{State: "held", Holder: newest.Holder, Renewed: newest.Renewed}
-	if now.Sub(newest.Renewed) >= l.lm.Duration() {
-		st.State = "stale"
-	}
-
-	return st
+	return maintain.InspectLease(ctx, l.lm, name, now)
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
@@ -189,11 +154,11 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 	fmt.Fprintf(w, "  owner:           %s\n", owner)
 
 	switch l := rs.Lease; l.State {
-	case "held":
+	case maintain.LeaseHeld:
 		fmt.Fprintf(w, "  lease:           held by %s (renewed %s ago)\n", l.Holder, now.Sub(l.Renewed).Round(time.Second))
-	case "stale":
+	case maintain.LeaseStale:
 		fmt.Fprintf(w, "  lease:           stale: %s stopped renewing %s ago; the next run takes it over\n", l.Holder, now.Sub(l.Renewed).Round(time.Second))
-	case "unknown":
+	case maintain.LeaseUnknown:
 		fmt.Fprintf(w, "  lease:           unknown: %s\n", l.Error)
 	default:
 		fmt.Fprintf(w, "  lease:           %s\n", l.State)
@@ -239,7 +204,7 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 	for _, e := range rs.UnsafeRuns {
 		detail := e.CancelReason
 		if detail == "" && e.Result == safety.ResultRefused {
-			detail = summary(e.Decision)
+			detail = maintain.Summary(e.Decision)
 		}
 
 		if detail == "" {

@@ -26,6 +26,7 @@ import (
 	_ "time/tzdata"
 
 	"github.com/kopia-maintd/kopia-maintd/config"
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -111,8 +112,8 @@ func report(err error, stderr io.Writer) int {
 	var (
 		cfgErr    *config.Error
 		usageErr  *usageError
-		refused   *gateRefusal
-		cancelled *gateCancellation
+		refused   *maintain.GateRefusal
+		cancelled *maintain.GateCancellation
 		notNow    *gateNotAllowed
 	)
 

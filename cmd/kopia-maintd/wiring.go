@@ -17,6 +17,7 @@ import (
 
 	"github.com/kopia-maintd/kopia-maintd/config"
 	"github.com/kopia-maintd/kopia-maintd/lease"
+	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
@@ -235,7 +236,7 @@ type maintainer struct {
 	// self is this daemon's identity, user@host, to tell owner_info whether
 	// the owner is us.
 	self   string
-	owners *owners
+	owners *maintain.Owners
 	// unsafe runs the gated safety=none cycles of unsafe windows, under the
 	// configuration current returns (it follows reloads).
 	unsafe  *unsafeRunner
@@ -245,7 +246,7 @@ type maintainer struct {
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
-	obs := &runObserver{met: a.met, repository: job.Repository}
+	obs := &maintain.RunObserver{Metrics: a.met, Repository: job.Repository}
 	req := repository.RunRequest{
 		Cycle:         repository.Cycle(job.Cycle),
 		NextQuick:     job.NextQuick,
@@ -257,7 +258,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	var report *repository.Report
 
-	err := a.leases.scheduled(ctx, job, func(ctx context.Context, covered func(time.Time) bool) error {
+	err := a.leases.Scheduled(ctx, job, func(ctx context.Context, held *lease.Held, covered func(time.Time) bool) error {
 		var err error
 
 		if job.Unsafe {
@@ -268,10 +269,10 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 				return ferr
 			}
 
-			report, err = a.unsafe.run(ctx, cfg, r, "scheduled safety=none window", req)
+			report, err = a.unsafe.Run(ctx, held, a.unsafe.request(cfg, r, held, "scheduled safety=none window", req))
 		} else {
 			req.Covered = covered
-			report, err = a.m.Run(ctx, job.Repository, req)
+			report, err = a.m.Run(ctx, held, job.Repository, req)
 		}
 
 		return err
@@ -286,7 +287,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 		return err
 	}
 
-	observeReport(a.met, a.owners, a.self, job.Repository, report, err)
+	maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, report, err)
 
 	return err
 }
