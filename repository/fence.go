@@ -198,48 +198,11 @@ func (g *deleteGate) pass(ctx context.Context) error {
 	return nil
 }
 
-func (s *trackingStorage) ExtendBlobRetention(ctx context.Context, id blob.ID, opts blob.ExtendOptions) error {
-	if err := s.fence.pass(s.stats, "extend retention of", id); err != nil {
-		return err
-	}
-
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
-	return s.Storage.ExtendBlobRetention(ctx, id, opts)
-}
-
-func (s *trackingStorage) GetBlob(ctx context.Context, id blob.ID, offset, length int64, output blob.OutputBuffer) error {
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
-	return s.Storage.GetBlob(ctx, id, offset, length, output)
-}
-
-func (s *trackingStorage) GetMetadata(ctx context.Context, id blob.ID) (blob.Metadata, error) {
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
-	return s.Storage.GetMetadata(ctx, id)
-}
-
-func (s *trackingStorage) GetCapacity(ctx context.Context) (blob.Capacity, error) {
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
-	return s.Storage.GetCapacity(ctx)
-}
-
-func (s *trackingStorage) FlushCaches(ctx context.Context) error {
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
-	return s.Storage.FlushCaches(ctx)
-}
-
-// fencedStorage is the storage a repository is created and connected
-// through, before kopia opens it through a trackingStorage: the same fence
-// applies to Initialize's writes.
+// fencedStorage puts the fence of a leased operation on every call: writes,
+// deletes and retention changes pass the fence first, and every call, reads
+// included, runs under a context bounded by the lease. A repository is
+// created and connected through it, kopia's runs write through it (inside a
+// trackingStorage), and so do the daemon's own records.
 type fencedStorage struct {
 	blob.Storage
 	fence *runFence
@@ -298,4 +261,18 @@ func (s *fencedStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func(b
 	defer done()
 
 	return s.Storage.ListBlobs(ctx, prefix, cb)
+}
+
+func (s *fencedStorage) GetCapacity(ctx context.Context) (blob.Capacity, error) {
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
+	return s.Storage.GetCapacity(ctx)
+}
+
+func (s *fencedStorage) FlushCaches(ctx context.Context) error {
+	ctx, done := s.fence.bound(ctx)
+	defer done()
+
+	return s.Storage.FlushCaches(ctx)
 }

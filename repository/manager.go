@@ -168,7 +168,7 @@ func (m *Manager) Update(specs []Spec) error {
 			}
 
 			// The open's context says which lease, if any, guards it.
-			return &trackingStorage{Storage: st, tracker: tracker, book: book, now: now, fence: fenceFrom(ctx), stats: fc}, nil
+			return &trackingStorage{fencedStorage: &fencedStorage{Storage: st, fence: fenceFrom(ctx), stats: fc}, tracker: tracker, book: book, now: now}, nil
 		})
 	}
 

@@ -364,25 +364,23 @@ func (t *runTracker) baseline(s *maintenance.Schedule) {
 // is installed once per open; the tracker it reports to is the run in flight
 // (nil outside runs). Its fence is the one the open's context carried: nil
 // for a read-only open, which then can write nothing.
+//
+// The fence itself is the inner fencedStorage's: this wrapper only adds what
+// a run observes, and the safety=none gate on the first delete.
 type trackingStorage struct {
-	blob.Storage
+	*fencedStorage
 	tracker *atomic.Pointer[runTracker]
 	book    *sessionBook
 	now     func() time.Time
-	fence   *runFence
-	stats   *fenceStats
 }
 
 func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func(blob.Metadata) error) error {
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
 	t := s.tracker.Load()
 	if t == nil {
-		return s.Storage.ListBlobs(ctx, prefix, cb)
+		return s.fencedStorage.ListBlobs(ctx, prefix, cb)
 	}
 
-	return s.Storage.ListBlobs(ctx, prefix, func(bm blob.Metadata) error {
+	return s.fencedStorage.ListBlobs(ctx, prefix, func(bm blob.Metadata) error {
 		t.mu.Lock()
 		t.sizes[bm.BlobID] = bm.Length
 		t.mu.Unlock()
@@ -392,24 +390,28 @@ func (s *trackingStorage) ListBlobs(ctx context.Context, prefix blob.ID, cb func
 }
 
 func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
+	// The fence first, so a delete without a valid lease never waits for a
+	// re-check.
 	if err := s.fence.pass(s.stats, "delete", id); err != nil {
 		return err
 	}
 
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
 	// Deleting the marker of one of our own write sessions (kopia does
 	// when a session commits, e.g. the params write before the cycle)
 	// removes nothing of anyone else's: only other deletes wait for the
-	// re-check.
+	// re-check, which runs bounded by the lease like the delete.
 	if s.fence != nil && !s.ownSessionMarker(id) {
-		if err := s.fence.deletes.pass(ctx); err != nil {
+		gctx, done := s.fence.bound(ctx)
+		err := s.fence.deletes.pass(gctx)
+
+		done()
+
+		if err != nil {
 			return fmt.Errorf("delete %s refused: %w", id, err)
 		}
 	}
 
-	err := s.Storage.DeleteBlob(ctx, id)
+	err := s.fencedStorage.DeleteBlob(ctx, id)
 
 	if t := s.tracker.Load(); t != nil && err == nil {
 		t.mu.Lock()
@@ -426,18 +428,11 @@ func (s *trackingStorage) DeleteBlob(ctx context.Context, id blob.ID) error {
 }
 
 func (s *trackingStorage) PutBlob(ctx context.Context, id blob.ID, data blob.Bytes, opts blob.PutOptions) error {
-	if err := s.fence.pass(s.stats, "write", id); err != nil {
-		return err
-	}
-
-	ctx, done := s.fence.bound(ctx)
-	defer done()
-
 	// Remember the session before the blob exists, so a concurrent activity
 	// check never sees our own pack as another writer's.
 	s.book.record(id, s.now())
 
-	err := s.Storage.PutBlob(ctx, id, data, opts)
+	err := s.fencedStorage.PutBlob(ctx, id, data, opts)
 
 	if t := s.tracker.Load(); t != nil && err == nil && id == maintenanceScheduleBlobID {
 		t.scheduleWritten()
