@@ -209,13 +209,11 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 }
 
 func (r *s3Record) read(ctx context.Context) ([]byte, string, time.Time, error) {
-	obj, err := r.cli.GetObject(ctx, r.bucket, r.key, minio.GetObjectOptions{})
-	if err != nil {
-		return nil, "", time.Time{}, fmt.Errorf("get %s: %w", r.key, err)
-	}
-	defer obj.Close() //nolint:errcheck
-
-	info, err := obj.Stat()
+	// One GET returns the body together with the ETag and time of the
+	// version it carries. minio.Client.GetObject would stat first and then
+	// fetch with If-Match on that ETag, so a swap landing between the two
+	// requests fails the read with 412 although nothing is wrong.
+	body, info, _, err := minio.Core{Client: r.cli}.GetObject(ctx, r.bucket, r.key, minio.GetObjectOptions{})
 	if err != nil {
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
 			return nil, "", time.Time{}, nil
@@ -223,8 +221,9 @@ func (r *s3Record) read(ctx context.Context) ([]byte, string, time.Time, error) 
 
 		return nil, "", time.Time{}, fmt.Errorf("get %s: %w", r.key, err)
 	}
+	defer body.Close() //nolint:errcheck
 
-	data, err := io.ReadAll(obj)
+	data, err := io.ReadAll(body)
 	if err != nil {
 		return nil, "", time.Time{}, fmt.Errorf("get %s: %w", r.key, err)
 	}

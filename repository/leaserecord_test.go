@@ -180,6 +180,85 @@ func TestLeaseRecordRacingManagers(t *testing.T) {
 	}
 }
 
+// TestLeaseRecordReadDuringSwaps: a read racing a stream of replacements
+// never fails and always returns a version together with the data written
+// as that version (a stat followed by a conditional GET made such a read fail
+// with "pre-conditions you specified did not hold" when a swap landed in
+// between).
+func TestLeaseRecordReadDuringSwaps(t *testing.T) {
+	for _, tc := range leaseTargets() {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			m := newTestManager(t, Identity{Username: "maintd", Hostname: "a"}, tc.spec(t))
+			rec := m.LeaseRecord("r")
+
+			var mu sync.Mutex
+			written := map[string]string{} // version -> data
+			v, err := rec.Swap(ctx, "", []byte(`{"n":0}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			written[v] = `{"n":0}`
+
+			done := make(chan struct{})
+			var writerErr error
+			go func() {
+				defer close(done)
+				for n := 1; n <= 150; n++ {
+					data := fmt.Sprintf(`{"n":%d}`, n)
+					nv, err := rec.Swap(ctx, v, []byte(data))
+					if err != nil {
+						writerErr = err
+						return
+					}
+					mu.Lock()
+					written[nv] = data
+					mu.Unlock()
+					v = nv
+				}
+			}()
+
+			reads := 0
+			for running := true; running; reads++ {
+				select {
+				case <-done:
+					running = false
+				default:
+				}
+				data, rv, _, err := rec.Read(ctx)
+				if err != nil {
+					t.Fatalf("read %d during swaps: %v", reads, err)
+				}
+				// The writer records a version after its swap returns; wait
+				// for it before comparing.
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					mu.Lock()
+					want, ok := written[rv]
+					mu.Unlock()
+					if ok {
+						if want != string(data) {
+							t.Fatalf("read %d: version %q carries %s, was written with %s", reads, rv, data, want)
+						}
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("read %d: version %q was never written", reads, rv)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			<-done
+			if writerErr != nil {
+				t.Fatal(writerErr)
+			}
+			if reads < 2 {
+				t.Fatalf("only %d reads overlapped the swaps", reads)
+			}
+		})
+	}
+}
+
 // TestLeaseRecordProbeConcurrent: processes proving at the same time that
 // one S3 store honours conditional writes all find that it does (a shared
 // probe object, created and deleted by each, made some conclude it did not,
