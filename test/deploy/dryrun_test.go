@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -77,6 +78,24 @@ func dryRun(t *testing.T, kubeconfig string, yaml []byte) []string {
 func TestDryRunServer(t *testing.T) {
 	t.Parallel()
 	_, kubeconfig := startKube(t)
+	// kubectl and the API server are one Kubernetes release
+	// (scripts/install-tools.sh builds both), so the dry runs are those a
+	// user of that release gets.
+	out, errOut, err := harness.Kubectl(t, nil, "version", "-o", "json", "--kubeconfig", kubeconfig)
+	if err != nil {
+		t.Fatalf("kubectl version: %v\n%s", err, errOut)
+	}
+	var v struct {
+		Client struct{ GitVersion string } `json:"clientVersion"`
+		Server struct{ GitVersion string } `json:"serverVersion"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("kubectl version: %v\n%s", err, out)
+	}
+	if v.Client.GitVersion == "" || v.Client.GitVersion != v.Server.GitVersion {
+		t.Errorf("kubectl %q, kube-apiserver %q: want the same release", v.Client.GitVersion, v.Server.GitVersion)
+	}
+	t.Logf("kubectl and kube-apiserver %s", v.Client.GitVersion)
 	for _, d := range kustomizationDirs(t) {
 		if d.kind != "Kustomization" {
 			continue
