@@ -150,9 +150,10 @@ install_kube_apiserver() {
 }
 
 # install_kubectl builds the real kubectl from the tools module in
-# tools/kubectl (about 3.5 minutes with an empty build cache, 40 s when
-# kube-apiserver was built before: they share most packages). The manifest tests render
-# deploy/ with `kubectl kustomize` and dry-run it against the API server.
+# tools/kubectl (about 3.5 minutes with an empty build cache, 40 s after
+# kube-apiserver, with which it shares most packages). The manifest tests
+# render deploy/ with `kubectl kustomize` and dry-run it against the API
+# server.
 install_kubectl() {
   local dest="$bin/kubectl-$KUBECTL_VERSION"
   if [ ! -x "$dest" ]; then
