@@ -5,7 +5,7 @@
 # Safe to run repeatedly: a cached binary is reused.
 #
 # Usage: scripts/install-tools.sh [minio] [kopia] [staticcheck] [prometheus]
-#          [toxiproxy] [etcd] [kube-apiserver]
+#          [toxiproxy] [etcd] [kube-apiserver] [kubectl]
 # Without arguments it installs the default set (all of them).
 # Tests find the tools in $KOPIA_MAINTD_TOOLS, default $cache/tools/bin.
 set -euo pipefail
@@ -28,6 +28,9 @@ KOPIA_DEFAULT_VERSION=v0.22.3
 STATICCHECK_VERSION=v0.7.0
 # The version tools/kube-apiserver/go.mod requires (k8s.io/kubernetes).
 KUBE_APISERVER_VERSION=v1.36.3
+# The version tools/kubectl/go.mod requires (k8s.io/kubectl, the staging
+# module of Kubernetes v1.36.3, the same release as the API server).
+KUBECTL_VERSION=v0.36.3
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -146,6 +149,26 @@ install_kube_apiserver() {
   ln -sf "$dest" "$bin/kube-apiserver"
 }
 
-what=${*:-minio kopia staticcheck prometheus toxiproxy etcd kube_apiserver}
+# install_kubectl builds the real kubectl from the tools module in
+# tools/kubectl (about 2 minutes the first time). The manifest tests render
+# deploy/ with `kubectl kustomize` and dry-run it against the API server.
+install_kubectl() {
+  local dest="$bin/kubectl-$KUBECTL_VERSION"
+  if [ ! -x "$dest" ]; then
+    log "building kubectl $KUBECTL_VERSION (about 2 minutes the first time)"
+    # k8s.io/kubectl v0.X.Y is Kubernetes v1.X.Y: stamp that, as Kubernetes'
+    # own build does, so `kubectl version --client` does not say v0.0.0.
+    local v=${KUBECTL_VERSION#v0.} pkg=k8s.io/component-base/version
+    local minor=${v%%.*}
+    (cd "$here/tools/kubectl" &&
+      GOFLAGS="-mod=mod -buildvcs=false" go build -o "$dest.tmp" -ldflags "-s -w \
+        -X $pkg.gitVersion=v1.$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
+        -X $pkg.gitTreeState=clean" . &&
+      mv "$dest.tmp" "$dest")
+  fi
+  ln -sf "$dest" "$bin/kubectl"
+}
+
+what=${*:-minio kopia staticcheck prometheus toxiproxy etcd kube_apiserver kubectl}
 for t in $what; do "install_${t//-/_}"; done
 log "tools in $bin"

@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -85,6 +86,27 @@ var alternatives = map[string]string{
 	"monitoring/podmonitor.yaml": "monitoring/servicemonitor.yaml",
 }
 
+// kubectlPatches are patches that no kustomization lists because their target
+// is not in any kustomization's output (Velero's own Deployment): the user
+// applies them with `kubectl patch`, as the named kustomization explains in
+// its comments. TestVeleroSidecarPatch applies them to a Deployment shaped
+// like Velero's.
+var kubectlPatches = map[string]string{
+	"overlays/velero-sidecar/velero-deployment-patch.yaml": "overlays/velero-sidecar/kustomization.yaml",
+}
+
+// wantKustomizations are the kustomizations deploy/ must have.
+var wantKustomizations = []string{
+	"base/kustomization.yaml",
+	"components/suppress-builtin-maintenance/kustomization.yaml",
+	"jobs/safety-none-once/kustomization.yaml",
+	"monitoring/kustomization.yaml",
+	"overlays/oadp/kustomization.yaml",
+	"overlays/sidecar/kustomization.yaml",
+	"overlays/velero/kustomization.yaml",
+	"overlays/velero-sidecar/kustomization.yaml",
+}
+
 func deployDir(t *testing.T) string {
 	return filepath.Join(harness.RepoRoot(t), "deploy")
 }
@@ -105,7 +127,7 @@ func TestKustomizations(t *testing.T) {
 		}
 	}
 	sort.Strings(kustomizations)
-	for _, want := range []string{"base/kustomization.yaml", "overlays/velero/kustomization.yaml", "overlays/sidecar/kustomization.yaml"} {
+	for _, want := range wantKustomizations {
 		if !slices.Contains(kustomizations, want) {
 			t.Errorf("missing %s (have %v)", want, kustomizations)
 		}
@@ -116,6 +138,21 @@ func TestKustomizations(t *testing.T) {
 				referenced[alt] = use
 			}
 		}
+	}
+	for patch, k := range kubectlPatches {
+		m, ok := manifests[k]
+		if !ok {
+			t.Errorf("%s: the kustomization %s that explains it is missing", patch, k)
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(k)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(data, []byte(path.Base(patch))) {
+			t.Errorf("%s does not say how to apply %s", m.rel, patch)
+		}
+		referenced[patch] = "patch"
 	}
 	for rel, m := range manifests {
 		use, ok := referenced[rel]
@@ -146,8 +183,17 @@ func checkKustomization(t *testing.T, dir string, m *manifest, referenced map[st
 		return
 	}
 	k := m.docs[0]
-	if got := k["kind"]; got != "Kustomization" {
-		t.Errorf("%s: kind %v, want Kustomization", m.rel, got)
+	// Components (deploy/components) are included by overlays; everything
+	// else is a Kustomization.
+	want, wantAPI := "Kustomization", "kustomize.config.k8s.io/v1beta1"
+	if strings.HasPrefix(m.rel, "components/") {
+		want, wantAPI = "Component", "kustomize.config.k8s.io/v1alpha1"
+	}
+	if got := k["kind"]; got != want {
+		t.Errorf("%s: kind %v, want %s", m.rel, got, want)
+	}
+	if got := k["apiVersion"]; got != wantAPI {
+		t.Errorf("%s: apiVersion %v, want %s", m.rel, got, wantAPI)
 	}
 	for _, old := range []string{"bases", "patchesStrategicMerge", "patchesJson6902", "commonLabels", "vars"} {
 		if _, ok := k[old]; ok {
@@ -205,39 +251,13 @@ func checkKustomization(t *testing.T, dir string, m *manifest, referenced map[st
 	}
 }
 
-// TestDaemonContainer checks every kopia-maintd container under deploy/:
-// security settings, the metrics port and probes, its arguments, volume
-// mounts that name declared volumes, and a config volume at /etc/kopia-maintd.
-func TestDaemonContainer(t *testing.T) {
-	manifests := loadManifests(t, deployDir(t))
-	found := 0
-	for rel, m := range manifests {
-		for _, doc := range m.docs {
-			if doc["kind"] != "Deployment" {
-				continue
-			}
-			pod, _ := lookup(doc, "spec", "template", "spec").(map[string]any)
-			volumes := map[string]bool{}
-			for _, v := range list(pod["volumes"]) {
-				name, _ := v["name"].(string)
-				volumes[name] = true
-			}
-			for _, c := range list(pod["containers"]) {
-				if c["name"] != container {
-					continue
-				}
-				found++
-				t.Run(rel, func(t *testing.T) { checkContainer(t, pod, c, volumes) })
-			}
-		}
-	}
-	// base and the sidecar patch; the velero overlay patches only a volume.
-	if found < 2 {
-		t.Errorf("found %d %s containers in Deployments under deploy/, want at least 2", found, container)
-	}
-}
-
+// checkContainer checks what every kopia-maintd container under deploy/
+// must have, whatever it runs: the restricted security settings, the memory
+// limit, TMPDIR, and volumes for everything it writes (the root filesystem
+// is read-only), each mount naming a volume of the pod spec pod (whose
+// volumes are volumes).
 func checkContainer(t *testing.T, pod, c map[string]any, volumes map[string]bool) {
+	t.Helper()
 	podSec, _ := pod["securityContext"].(map[string]any)
 	sec, _ := c["securityContext"].(map[string]any)
 	// A setting counts when the container or the pod sets it.
@@ -257,19 +277,13 @@ func checkContainer(t *testing.T, pod, c map[string]any, volumes map[string]bool
 		{"readOnlyRootFilesystem", lookup(sec, "readOnlyRootFilesystem"), true},
 		{"allowPrivilegeEscalation", lookup(sec, "allowPrivilegeEscalation"), false},
 		{"capabilities.drop", strings.Join(stringList(lookup(sec, "capabilities", "drop")), ","), "ALL"},
-		{"args", strings.Join(stringList(c["args"]), " "), "run --config /etc/kopia-maintd/config.yaml"},
-		{"livenessProbe path", lookup(c, "livenessProbe", "httpGet", "path"), "/healthz"},
-		{"readinessProbe path", lookup(c, "readinessProbe", "httpGet", "path"), "/readyz"},
 		{"memory limit", lookup(c, "resources", "limits", "memory"), "2Gi"},
+		{"TMPDIR", envValue(c, "TMPDIR"), "/tmp"},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
 			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
 		}
-	}
-	ports := list(c["ports"])
-	if len(ports) != 1 || ports[0]["name"] != "metrics" || ports[0]["containerPort"] != 9810 {
-		t.Errorf("ports = %v, want one port 9810 named metrics", ports)
 	}
 	mounts := map[string]bool{}
 	for _, vm := range list(c["volumeMounts"]) {
@@ -283,6 +297,29 @@ func checkContainer(t *testing.T, pod, c map[string]any, volumes map[string]bool
 	for _, p := range []string{"/etc/kopia-maintd", "/var/lib/kopia-maintd", "/tmp"} {
 		if !mounts[p] {
 			t.Errorf("nothing mounted at %s (the root filesystem is read-only)", p)
+		}
+	}
+}
+
+// checkDaemon checks a kopia-maintd container that runs the daemon: its
+// arguments, one metrics port 9810 named portName, and the probes on it.
+func checkDaemon(t *testing.T, c map[string]any, portName string) {
+	t.Helper()
+	if got := strings.Join(stringList(c["args"]), " "); got != "run --config /etc/kopia-maintd/config.yaml" {
+		t.Errorf("args = %q, want run --config /etc/kopia-maintd/config.yaml", got)
+	}
+	ports := list(c["ports"])
+	// JSON from the API server decodes numbers as float64 or int64, YAML
+	// as int.
+	if len(ports) != 1 || ports[0]["name"] != portName || fmt.Sprint(ports[0]["containerPort"]) != "9810" {
+		t.Errorf("ports = %v, want one port 9810 named %s", ports, portName)
+	}
+	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		if got := lookup(c, probe, "httpGet", "path"); got != path {
+			t.Errorf("%s path = %v, want %s", probe, got, path)
+		}
+		if got := lookup(c, probe, "httpGet", "port"); got != portName {
+			t.Errorf("%s port = %v, want %s", probe, got, portName)
 		}
 	}
 }
@@ -314,8 +351,12 @@ func TestConfigFiles(t *testing.T) {
 				t.Errorf("server.listenAddress = %v, want 0.0.0.0:9810 (the container port)", got)
 			}
 			repos := list(cfg["repositories"])
-			if len(repos) == 0 {
-				t.Fatalf("no repositories")
+			discover, _ := lookup(cfg, "velero", "discover").(bool)
+			if len(repos) == 0 && !discover {
+				t.Fatalf("no repositories, and velero.discover is not true")
+			}
+			if discover {
+				checkVeleroConfig(t, cfg, mountPaths)
 			}
 			for _, r := range repos {
 				files := []any{r["passwordFile"],
@@ -333,13 +374,47 @@ func TestConfigFiles(t *testing.T) {
 			}
 		})
 	}
-	if configs < 3 {
-		t.Errorf("found %d config.yaml files under deploy/, want 3 (base and both overlays)", configs)
+	// base, the overlays velero, oadp, sidecar and velero-sidecar, and the
+	// safety=none Job.
+	if configs < 6 {
+		t.Errorf("found %d config.yaml files under deploy/, want 6", configs)
+	}
+}
+
+// checkVeleroConfig checks the velero section of a config that discovers
+// Velero's repositories: where to look, which Secrets to read, and that the
+// cloud credentials file, when used, is mounted.
+func checkVeleroConfig(t *testing.T, cfg map[string]any, mountPaths []string) {
+	t.Helper()
+	ns, _ := lookup(cfg, "velero", "namespace").(string)
+	if ns == "" {
+		t.Errorf("velero.namespace is not set")
+	}
+	if s, _ := lookup(cfg, "velero", "credentialsSecret").(string); s != "velero-repo-credentials" {
+		t.Errorf("velero.credentialsSecret = %q, want Velero's velero-repo-credentials", s)
+	}
+	secret, _ := lookup(cfg, "velero", "cloudCredentialsSecret").(string)
+	file, _ := lookup(cfg, "velero", "cloudCredentialsFile").(string)
+	switch {
+	case secret != "" && file != "":
+		t.Errorf("both velero.cloudCredentialsSecret and cloudCredentialsFile are set")
+	case secret == "" && file == "":
+		t.Errorf("neither velero.cloudCredentialsSecret nor cloudCredentialsFile is set")
+	case file != "" && !slices.ContainsFunc(mountPaths, func(mp string) bool { return strings.HasPrefix(file, mp+"/") }):
+		t.Errorf("velero.cloudCredentialsFile %s is not under a mounted directory %v", file, mountPaths)
+	}
+	// The gate must look where the repositories are found.
+	if !slices.Contains(stringList(lookup(cfg, "safetyNone", "veleroNamespaces")), ns) {
+		t.Errorf("safetyNone.veleroNamespaces = %v, want it to hold velero.namespace %q", lookup(cfg, "safetyNone", "veleroNamespaces"), ns)
 	}
 }
 
 // secretsDir is where the manifests mount the Secrets the configs refer to.
 const secretsDir = "/run/secrets/kopia-maintd/"
+
+// veleroCredentialsDir is where Velero's pod mounts the cloud-credentials
+// Secret, which the sidecar's config reads.
+const veleroCredentialsDir = "/credentials/"
 
 // TestConfigFilesLoad parses each config.yaml under deploy/ with the daemon's
 // own config package, with the secret files it names (which exist only in a
@@ -366,6 +441,15 @@ func TestConfigFilesLoad(t *testing.T) {
 				}
 			}
 			data = bytes.ReplaceAll(data, []byte(secretsDir), []byte(secrets+"/"))
+			// Velero's cloud-credentials volume, as the sidecar mounts it.
+			cloud := filepath.Join(secrets, "credentials", "cloud")
+			if err := os.MkdirAll(filepath.Dir(cloud), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(cloud, []byte("[default]\naws_access_key_id = not-a-key\naws_secret_access_key = not-a-secret\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			data = bytes.ReplaceAll(data, []byte(veleroCredentialsDir), []byte(filepath.Dir(cloud)+"/"))
 			if _, err := config.Parse(data, filepath.Dir(filepath.Join(dir, rel))); err != nil {
 				t.Fatalf("config.Parse: %v", err)
 			}
@@ -395,6 +479,11 @@ func daemonMountPaths(manifests map[string]*manifest, dir string) []string {
 				files = append(files, path.Join(dir, f))
 			}
 		}
+		for patch, by := range kubectlPatches {
+			if path.Dir(by) == dir {
+				files = append(files, patch)
+			}
+		}
 		for _, f := range files {
 			m, ok := manifests[f]
 			if !ok {
@@ -417,6 +506,17 @@ func daemonMountPaths(manifests map[string]*manifest, dir string) []string {
 	}
 	visit(dir)
 	return paths
+}
+
+// envValue returns the value of the environment variable name of container
+// c, or nil.
+func envValue(c map[string]any, name string) any {
+	for _, e := range list(c["env"]) {
+		if e["name"] == name {
+			return e["value"]
+		}
+	}
+	return nil
 }
 
 // lookup follows keys through nested maps and returns nil where one is

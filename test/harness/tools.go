@@ -44,9 +44,24 @@ func ToolDirs() []string {
 	return append(dirs, filepath.Join(CacheDir(), "tools", "bin"))
 }
 
-// ToolPath returns the path of the executable tool name (for example "minio"
-// or "kopia") installed by scripts/install-tools.sh. When it is missing the
-// test fails with the exact command that installs it.
+// Tools are the executables scripts/install-tools.sh installs by default,
+// under the names tests pass to ToolPath: MinIO, the kopia CLI (kopia is
+// v0.22.3; kopia-v0.22.3 and kopia-v0.23.1 name each version), staticcheck,
+// Prometheus and promtool, the toxiproxy server, etcd, kube-apiserver and
+// kubectl (the same Kubernetes release as kube-apiserver, for `kubectl
+// kustomize` and server-side dry runs of the manifests under deploy/).
+var Tools = []string{
+	"minio",
+	"kopia", "kopia-v0.22.3", "kopia-v0.23.1",
+	"staticcheck",
+	"prometheus", "promtool",
+	"toxiproxy-server",
+	"etcd", "kube-apiserver", "kubectl",
+}
+
+// ToolPath returns the path of the executable tool name (one of Tools)
+// installed by scripts/install-tools.sh. When it is missing the test fails
+// with the exact command that installs it.
 func ToolPath(t testing.TB, name string) string {
 	t.Helper()
 	dirs := ToolDirs()
