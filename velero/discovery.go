@@ -218,9 +218,15 @@ func (d *Discovery) Run(ctx context.Context) error {
 		informers = append(informers, inf)
 	}
 
-	factory.Start(ctx.Done())
-	// Shutdown waits for the informers' goroutines, which stop with ctx.
-	defer factory.Shutdown()
+	// The informers stop when Run returns, whatever the reason: Shutdown
+	// waits for their goroutines, which end only once runCtx does.
+	runCtx, stop := context.WithCancel(ctx)
+	factory.Start(runCtx.Done())
+
+	defer func() {
+		stop()
+		factory.Shutdown()
+	}()
 
 	syncCtx, cancel := context.WithTimeout(ctx, d.opts.SyncTimeout)
 	synced := cache.WaitForCacheSync(syncCtx.Done(), informers[0].HasSynced, informers[1].HasSynced)

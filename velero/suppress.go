@@ -81,7 +81,7 @@ func (d *Discovery) Suppress(ctx context.Context, s Source) (changed bool, err e
 
 		d.log.Info("velero maintenance suppressed",
 			zap.String("backup_repository", s.BackupRepository),
-			zap.String("maintenance_frequency", freq), zap.String("original_frequency", original))
+			zap.String("replaced_frequency", freq), zap.String("original_frequency", original))
 
 		return nil
 	})
