@@ -92,7 +92,8 @@ var alternatives = map[string]string{
 // its comments. TestVeleroSidecarPatch applies them to a Deployment shaped
 // like Velero's.
 var kubectlPatches = map[string]string{
-	"overlays/velero-sidecar/velero-deployment-patch.yaml": "overlays/velero-sidecar/kustomization.yaml",
+	"overlays/velero-sidecar/velero-deployment-patch.yaml":        "overlays/velero-sidecar/kustomization.yaml",
+	"overlays/velero-sidecar/velero-deployment-remove-patch.yaml": "overlays/velero-sidecar/kustomization.yaml",
 }
 
 // wantKustomizations are the kustomizations deploy/ must have.
