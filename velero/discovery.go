@@ -351,7 +351,9 @@ func (d *Discovery) Repositories() []Repository {
 
 // Discover lists Velero's BackupRepositories and BackupStorageLocations in
 // opts.Namespace once and translates them; it only reads (for
-// check-config). Each list call is bounded by opts.Timeout.
+// check-config). Each list call is bounded by opts.Timeout. Duplicate
+// BackupRepositories are logged at Warn; repositories not maintained are
+// left to the caller to report.
 func Discover(ctx context.Context, opts Options) ([]Repository, error) {
 	if opts.Dynamic == nil {
 		return nil, errors.New("velero discover: no dynamic client")
@@ -369,7 +371,17 @@ func Discover(ctx context.Context, opts Options) ([]Repository, error) {
 		return nil, err
 	}
 
-	return Translate(brs, bsls, opts), nil
+	repos := Translate(brs, bsls, opts)
+
+	for _, r := range repos {
+		if len(r.Source.Duplicates) > 0 {
+			opts.Logger.Warn("several kopia BackupRepositories for one volume namespace and location: the oldest is used",
+				zap.String("namespace", opts.Namespace), zap.String("repository", r.Name),
+				zap.String("backup_repository", r.Source.BackupRepository), zap.Strings("duplicates", r.Source.Duplicates))
+		}
+	}
+
+	return repos, nil
 }
 
 // listPageSize is the page size of Discover's lists.
