@@ -38,7 +38,7 @@ patches:
 // deploy/jobs/safety-none-once: it runs as the daemon of
 // deploy/overlays/velero (its ServiceAccount, identity, Velero namespace and
 // Secrets), allows safety=none in its own config only, changes no
-// BackupRepository, takes nothing over, and carries no label the gate takes
+// BackupRepository, and carries no label the gate takes
 // for Velero; the documented command (the repository name put in with sed)
 // gives objects the API server admits; and the OADP variant its
 // kustomization describes renders into openshift-adp and is admitted too.
@@ -95,7 +95,8 @@ func TestSafetyNoneJob(t *testing.T) {
 		{[]string{"safetyNone", "allow"}, true},
 		{[]string{"velero", "discover"}, true},
 		{[]string{"velero", "suppressBuiltinMaintenance"}, false},
-		{[]string{"velero", "repositoryDefaults", "ownership", "takeover"}, "never"},
+		{[]string{"velero", "repositoryDefaults", "ownership", "takeover"}, "always"},
+		{[]string{"velero", "repositoryDefaults", "ownership", "handBackOnExit"}, false},
 		{[]string{"velero", "repositoryDefaults", "safetyNone"}, nil},
 		{[]string{"defaults", "ownership", "handBackOnExit"}, false},
 	} {
