@@ -174,10 +174,10 @@ func badConfigs() map[string][]string {
 			`server.webConfigFile: open {{testdata}}/no-such-web.yml: no such file or directory`,
 		},
 		"repositories-empty.yaml": {
-			`repositories: at least one repository is required`,
+			`repositories: at least one repository is required (or velero.discover: true)`,
 		},
 		"repositories-missing.yaml": {
-			`repositories: at least one repository is required`,
+			`repositories: at least one repository is required (or velero.discover: true)`,
 		},
 		"repositories-not-a-list.yaml": {
 			`repositories: expected a sequence, got a mapping`,
@@ -243,6 +243,19 @@ func badConfigs() map[string][]string {
 			`safetyNone.windows[1].schedule: invalid cron spec "0 4 * * sunday": failed to parse int from sunday: strconv.Atoi: parsing "sunday": invalid syntax`,
 			`safetyNone.windows[2].schedule: required`,
 			`safetyNone.windows[3].schedule: invalid cron spec "CRON_TZ=UTC": missing schedule after time zone`,
+		},
+		"velero.yaml": {
+			`safetyNone.windows[0].repositories[1]: invalid repository name "App_2" (must match ^[a-z0-9-]{1,63}$)`,
+			`velero.repositoryDefaults.lease: unknown key (want schedule, ownership or safetyNone; the lease settings are global (lease))`,
+			`velero.namespace: invalid namespace name "Velero" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
+			`velero.credentialsSecret: invalid Secret name "repo credentials" (must be a DNS-1123 subdomain)`,
+			`velero.cloudCredentialsFile: open {{testdata}}/no-such-credentials: no such file or directory`,
+			`velero.repositoryDefaults.schedule.quick: invalid cron spec "every hour": expected exactly 5 fields, found 2: [every hour]`,
+			`velero.repositoryDefaults.ownership.takeover: unknown takeover policy "sometimes" (want never, if-unowned, stale or always)`,
+			`velero.repositoryDefaults.safetyNone.allow: only false (opt out) may be set per repository; safety=none is allowed by the top-level safetyNone.allow`,
+		},
+		"velero-suppress-without-discover.yaml": {
+			`velero.suppressBuiltinMaintenance: requires velero.discover: true (suppression patches the BackupRepository objects discovery finds)`,
 		},
 		"safety-none-window-repository.yaml": {
 			`safetyNone.windows[0].repositories[1]: unknown repository "remote" (not in repositories)`,

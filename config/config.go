@@ -64,11 +64,15 @@ type Config struct {
 	// Lease configures the per-repository leases that keep every
 	// repository maintained by at most one process at a time.
 	Lease Lease
+	// Velero configures the discovery of Velero's kopia repositories and
+	// the coexistence with Velero's own maintenance.
+	Velero Velero
 	// Defaults holds the resolved defaults. Callers should not need it:
 	// every Repository already has them merged in.
 	Defaults Defaults
-	// Repositories lists the repositories to maintain, at least one, with
-	// unique names, in file order.
+	// Repositories lists the configured repositories to maintain, with
+	// unique names, in file order: at least one, unless Velero.Discover
+	// is on (discovered repositories are not in it).
 	Repositories []Repository
 }
 

@@ -62,6 +62,12 @@ repositories:
 			Kubernetes:              LeaseKubernetes{NamePrefix: "kopia-maintd-"},
 			Repository:              LeaseRepository{Settle: time.Second},
 		},
+		Velero: Velero{
+			Namespace:              "velero",
+			CredentialsSecret:      "velero-repo-credentials",
+			CloudCredentialsSecret: "cloud-credentials",
+			RepositoryDefaults:     VeleroRepositoryDefaults{Schedule: defaults.Schedule, Ownership: defaults.Ownership},
+		},
 		Defaults: defaults,
 		Repositories: []Repository{{
 			Name:         "local",

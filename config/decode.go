@@ -28,6 +28,7 @@ type rawConfig struct {
 	SafetyNone     rawSafetyNone   `yaml:"safetyNone"`
 	Lease          rawLease        `yaml:"lease"`
 	Defaults       rawDefaults     `yaml:"defaults"`
+	Velero         rawVelero       `yaml:"velero"`
 	Repositories   []rawRepository `yaml:"repositories"`
 }
 

@@ -23,9 +23,12 @@ package config
 //     released or looked for under new ones. lease.kind and the namespace
 //     are compared as resolved; lease.holderIdentity as configured, so a
 //     generated identity (new for every Parse) is no change: the reload
-//     path keeps the running one with next.InheritRuntime(old).
+//     path keeps the running one with next.InheritRuntime(old);
+//   - velero.discover, velero.namespace, the three credential sources and
+//     velero.suppressBuiltinMaintenance: discovery (its informers and its
+//     hand-back duties) is started once.
 //
-// Everything else (repositories added, removed or changed, schedules,
+// Everything else (velero.repositoryDefaults included) (repositories added, removed or changed, schedules,
 // ownership policies, defaults, log.level, every safetyNone key) applies on
 // reload. safetyNone is read afresh for every safety=none request, so
 // turning safetyNone.allow off, or opting a repository out, refuses the next
@@ -61,6 +64,16 @@ func CheckReload(old, next *Config) error {
 	changed("lease.kubernetes.namePrefix", old.Lease.Kubernetes.NamePrefix, next.Lease.Kubernetes.NamePrefix)
 	if old.Lease.Repository.Settle != next.Lease.Repository.Settle {
 		p.add("lease.repository.settle", "cannot be changed without a restart (was %s, now %s)", old.Lease.Repository.Settle, next.Lease.Repository.Settle)
+	}
+	if old.Velero.Discover != next.Velero.Discover {
+		p.add("velero.discover", "cannot be changed without a restart (was %t, now %t)", old.Velero.Discover, next.Velero.Discover)
+	}
+	changed("velero.namespace", old.Velero.Namespace, next.Velero.Namespace)
+	changed("velero.credentialsSecret", old.Velero.CredentialsSecret, next.Velero.CredentialsSecret)
+	changed("velero.cloudCredentialsSecret", old.Velero.CloudCredentialsSecret, next.Velero.CloudCredentialsSecret)
+	changed("velero.cloudCredentialsFile", old.Velero.CloudCredentialsFile, next.Velero.CloudCredentialsFile)
+	if old.Velero.SuppressBuiltinMaintenance != next.Velero.SuppressBuiltinMaintenance {
+		p.add("velero.suppressBuiltinMaintenance", "cannot be changed without a restart (was %t, now %t)", old.Velero.SuppressBuiltinMaintenance, next.Velero.SuppressBuiltinMaintenance)
 	}
 	if len(p.list) > 0 {
 		return &Error{Problems: p.list}

@@ -78,7 +78,10 @@ func resolveKubernetes(raw rawKubernetes, dir string, p *problems) Kubernetes {
 
 // resolveSafetyNone resolves the top-level safetyNone section; repos are
 // the resolved repositories that windows may name.
-func resolveSafetyNone(raw rawSafetyNone, repos []Repository, p *problems) SafetyNone {
+// With discover, a window may also name repositories that are not
+// configured: discovery may find them (a name it never finds matches
+// nothing).
+func resolveSafetyNone(raw rawSafetyNone, repos []Repository, discover bool, p *problems) SafetyNone {
 	const path = "safetyNone"
 	s := SafetyNone{
 		Allow:            raw.Allow != nil && *raw.Allow,
@@ -149,8 +152,10 @@ func resolveSafetyNone(raw rawSafetyNone, repos []Repository, p *problems) Safet
 		for j, name := range rw.Repositories {
 			itemPath := fmt.Sprintf("%s.repositories[%d]", wPath, j)
 			switch {
-			case !configured[name]:
+			case !configured[name] && !discover:
 				p.add(itemPath, "unknown repository %q (not in repositories)", name)
+			case !configured[name] && !repositoryNameRE.MatchString(name):
+				p.add(itemPath, "invalid repository name %q (must match %s)", name, repositoryNameRE)
 			case slices.Contains(rw.Repositories[:j], name):
 				p.add(itemPath, "duplicate repository %q", name)
 			}

@@ -84,8 +84,9 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 		Ownership: resolveOwnership(raw.Defaults.Ownership, builtin.Ownership, "defaults.ownership", p),
 	}
 
-	if len(raw.Repositories) == 0 {
-		p.add("repositories", "at least one repository is required")
+	cfg.Velero = resolveVelero(raw.Velero, cfg.Defaults, dir, p)
+	if len(raw.Repositories) == 0 && !cfg.Velero.Discover {
+		p.add("repositories", "at least one repository is required (or velero.discover: true)")
 	}
 	firstIndex := map[string]int{}
 	for i, rr := range raw.Repositories {
@@ -99,7 +100,7 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 		cfg.Repositories = append(cfg.Repositories, r)
 	}
 	cfg.Kubernetes = resolveKubernetes(raw.Kubernetes, dir, p)
-	cfg.SafetyNone = resolveSafetyNone(raw.SafetyNone, cfg.Repositories, p)
+	cfg.SafetyNone = resolveSafetyNone(raw.SafetyNone, cfg.Repositories, cfg.Velero.Discover, p)
 	applySafetyNone(cfg.SafetyNone, raw.Repositories, cfg.Repositories)
 	cfg.Lease = resolveLease(raw.Lease, cfg.Repositories, p)
 	return cfg

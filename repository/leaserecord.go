@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -159,6 +160,7 @@ type minioClientKey struct {
 	endpoint, region        string
 	insecure, skipTLSVerify bool
 	accessKeyID, secret     string
+	token, caCert           string
 }
 
 // newMinioClient returns a client built from the same settings, credential
@@ -174,6 +176,7 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 	key := minioClientKey{
 		endpoint: s.Endpoint, region: s.Region, insecure: s.Insecure, skipTLSVerify: s.SkipTLSVerify,
 		accessKeyID: opts.AccessKeyID, secret: opts.SecretAccessKey,
+		token: opts.SessionToken, caCert: string(opts.RootCA),
 	}
 
 	if c, ok := minioClients.Load(key); ok {
@@ -182,15 +185,25 @@ func newMinioClient(s *S3Storage) (*minio.Client, error) {
 
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.Static{Value: credentials.Value{
-			AccessKeyID: opts.AccessKeyID, SecretAccessKey: opts.SecretAccessKey, SignerType: credentials.SignatureV4,
+			AccessKeyID: opts.AccessKeyID, SecretAccessKey: opts.SecretAccessKey, SessionToken: opts.SessionToken,
+			SignerType: credentials.SignatureV4,
 		}},
 		&credentials.EnvAWS{},
 		&credentials.IAM{Client: &http.Client{Transport: http.DefaultTransport}},
 	})
 
 	transport := http.DefaultTransport.(*http.Transport).Clone() //nolint:forcetypeassert
-	if s.SkipTLSVerify {
+	switch {
+	case s.SkipTLSVerify:
 		transport.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // configured by the user
+	case len(opts.RootCA) > 0:
+		// As kopia's S3 storage does with RootCA: only these authorities.
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(opts.RootCA) {
+			return nil, fmt.Errorf("s3 client for %s: the CA bundle holds no PEM certificate", s.Endpoint)
+		}
+
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 
 	// One attempt per request: the lease's renewal loop retries on its own

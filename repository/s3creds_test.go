@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,5 +124,38 @@ func TestS3RotatedKeyFileUsedByNextRun(t *testing.T) {
 
 	if _, err := m.Run(ctx, testLease(t, "s3"), "s3", RunRequest{Cycle: Full}); err != nil {
 		t.Fatalf("run after the right key was written back: %v", err)
+	}
+}
+
+// TestS3SessionCredentialsAndCACert: a session-credentials source wins over
+// the key pair and its token reaches kopia's options; the CA bundle does
+// too; and none of the secrets show in the credentials' printed forms.
+func TestS3SessionCredentialsAndCACert(t *testing.T) {
+	creds := S3Credentials{AccessKeyID: "AKIDSESSION", SecretAccessKey: "secret-xyz", SessionToken: "token-xyz"}
+	ca := []byte("-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n")
+	st := &S3Storage{
+		Bucket: "b", Endpoint: "s3.example:9000", CACert: ca,
+		Credentials:        func() (string, string, error) { return "other", "other", nil },
+		SessionCredentials: func() (S3Credentials, error) { return creds, nil },
+	}
+
+	o, err := st.options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.AccessKeyID != creds.AccessKeyID || o.SecretAccessKey != creds.SecretAccessKey || o.SessionToken != creds.SessionToken || string(o.RootCA) != string(ca) {
+		t.Errorf("options = id %q token set %t CA %d bytes", o.AccessKeyID, o.SessionToken != "", len(o.RootCA))
+	}
+
+	for _, s := range []string{creds.String(), fmt.Sprintf("%v %+v %#v", creds, creds, creds)} {
+		if strings.Contains(s, "secret-xyz") || strings.Contains(s, "token-xyz") {
+			t.Errorf("printed credentials show a secret: %s", s)
+		}
+	}
+
+	// The lease record's own client trusts the same bundle, and a bundle
+	// that holds no certificate is an error, not the system pool.
+	if _, err := newMinioClient(st); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("lease client with a bundle of no certificate: %v", err)
 	}
 }

@@ -47,12 +47,43 @@ type S3Storage struct {
 	// file is used by the next run without a restart. Returning two empty
 	// strings falls back to the ambient credentials as above.
 	Credentials func() (accessKeyID, secretAccessKey string, err error)
+	// SessionCredentials, when set, takes the place of Credentials and also
+	// returns a session token (temporary AWS credentials, as an AWS
+	// shared-credentials file may hold). It is called at every open too.
+	SessionCredentials func() (S3Credentials, error)
+	// CACert, when not empty, is a PEM bundle of the certificate
+	// authorities that sign the endpoint's certificate (Velero's
+	// BackupStorageLocation caCert), trusted instead of the system's.
+	CACert []byte
 }
+
+// S3Credentials are S3 keys with an optional session token.
+type S3Credentials struct {
+	AccessKeyID     string
+	SecretAccessKey string
+	SessionToken    string
+}
+
+// String never shows the secret key or the token.
+func (c S3Credentials) String() string {
+	return fmt.Sprintf("S3Credentials{AccessKeyID: %q, SecretAccessKey: <redacted>, SessionToken: <redacted>}", c.AccessKeyID)
+}
+
+// GoString never shows the secret key or the token (%#v).
+func (c S3Credentials) GoString() string { return c.String() }
 
 // options builds kopia's S3 options, reading the credentials now.
 func (s *S3Storage) options() (*s3.Options, error) {
-	id, secret := s.AccessKeyID, s.SecretAccessKey
-	if s.Credentials != nil {
+	id, secret, token := s.AccessKeyID, s.SecretAccessKey, ""
+	switch {
+	case s.SessionCredentials != nil:
+		c, err := s.SessionCredentials()
+		if err != nil {
+			return nil, err
+		}
+
+		id, secret, token = c.AccessKeyID, c.SecretAccessKey, c.SessionToken
+	case s.Credentials != nil:
 		var err error
 		if id, secret, err = s.Credentials(); err != nil {
 			return nil, err
@@ -66,8 +97,10 @@ func (s *S3Storage) options() (*s3.Options, error) {
 		Region:          s.Region,
 		DoNotUseTLS:     s.Insecure,
 		DoNotVerifyTLS:  s.SkipTLSVerify,
+		RootCA:          s.CACert,
 		AccessKeyID:     id,
 		SecretAccessKey: secret,
+		SessionToken:    token,
 	}, nil
 }
 

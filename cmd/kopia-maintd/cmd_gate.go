@@ -32,7 +32,7 @@ func cmdGate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.ErrorLevel)
+	cfg, log, mgr, _, err := setup(*cfgPath, stderr, zapcore.ErrorLevel)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func cmdOwner(args []string, stdout, stderr io.Writer) error {
 		return usagef("owner %s: --to applies only to hand-back", action)
 	}
 
-	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
+	cfg, log, mgr, _, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}

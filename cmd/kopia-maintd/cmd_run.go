@@ -18,6 +18,7 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/maintain"
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
+	"github.com/kopia-maintd/kopia-maintd/velero"
 )
 
 // shutdownGrace bounds the work done after SIGTERM (hand-back, flushing):
@@ -49,7 +50,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	defer log.Sync() //nolint:errcheck
 
-	mgr, err := newManager(cfg, log.Named("repository"))
+	mgr, err := newManager(cfg, nil, log.Named("repository"))
 	if err != nil {
 		return err
 	}
@@ -69,12 +70,29 @@ func cmdRun(args []string, stderr io.Writer) error {
 
 	current := func() *config.Config { return rl.current() }
 
+	var disc *velero.Discovery
+
+	if cfg.Velero.Discover {
+		opts, err := veleroOptions(cfg, log.Named("velero"))
+		if err != nil {
+			return err
+		}
+
+		opts.OnChange = func(found []velero.Repository) { rl.discovered(found) }
+
+		if disc, err = velero.NewDiscovery(opts); err != nil {
+			return fmt.Errorf("velero discovery: %w", err)
+		}
+	}
+
 	sched, err := scheduler.New(scheduler.Options{
 		Logger:      log.Named("scheduler"),
 		Concurrency: cfg.Concurrency,
 		Maintainer: maintainer{
 			m: mgr, met: met, self: cfg.Identity.String(), owners: &maintain.Owners{},
 			unsafe: newUnsafeRunner(cfg, mgr, met, log.Named("safety")), current: current, leases: lm,
+			source:   func(name string) *discoveredRepo { return rl.source(name) },
+			suppress: cfg.Velero.SuppressBuiltinMaintenance, log: log.Named("velero"),
 		},
 		Recorder: met,
 	}, schedules(cfg))
@@ -84,7 +102,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 
 	rl = &reloader{
 		path: *cfgPath, log: log.Named("config"), level: level,
-		mgr: mgr, sched: sched, met: met, now: time.Now, cfg: cfg,
+		mgr: mgr, sched: sched, met: met, now: time.Now, cfg: cfg, disc: disc,
 	}
 
 	srv, err := metrics.NewServer(met, metrics.ServerOptions{
@@ -131,6 +149,17 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 	})
 
+	if disc != nil {
+		wg.Go(func() {
+			// Discovery ends with ctx; an error before that (the cache
+			// never synced: a missing CRD or permission) leaves the
+			// configured repositories maintained and says why.
+			if err := disc.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("velero discovery stopped; discovered repositories are no longer updated", zap.Error(err))
+			}
+		})
+	}
+
 	schedErr := sched.Run(ctx)
 
 	log.Info("scheduler stopped; shutting down", zap.NamedError("cause", context.Cause(ctx)))
@@ -139,6 +168,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 	defer cancel()
 
 	mgr.HandBackOnExit(cleanupCtx, lm.With)
+
+	if disc != nil && cfg.Velero.SuppressBuiltinMaintenance {
+		rl.restoreVelero(cleanupCtx)
+	}
 
 	stopServer()
 	wg.Wait()

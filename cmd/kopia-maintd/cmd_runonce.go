@@ -42,7 +42,7 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 		return usagef("--safety none applies to full cycles only")
 	}
 
-	cfg, log, mgr, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
+	cfg, log, mgr, _, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/safety"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
+	"github.com/kopia-maintd/kopia-maintd/velero"
 )
 
 // repoStatus is one repository in `status` output.
@@ -28,6 +29,8 @@ type repoStatus struct {
 	CronNextFull  time.Time `json:"cronNextFull"`
 	// UnsafeRuns are the newest safety=none requests from the audit log.
 	UnsafeRuns []safety.AuditEntry `json:"unsafeRuns,omitempty"`
+	// Source names the Velero objects a discovered repository comes from.
+	Source *velero.Source `json:"source,omitempty"`
 	// Lease is who holds the repository's lease now.
 	Lease maintain.LeaseStatus `json:"lease"`
 	Error string               `json:"error,omitempty"`
@@ -52,7 +55,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	cfg, _, mgr, err := setup(*cfgPath, stderr, zapcore.ErrorLevel)
+	cfg, _, mgr, src, err := setup(*cfgPath, stderr, zapcore.ErrorLevel)
 	if err != nil {
 		return err
 	}
@@ -72,6 +75,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 
 	for _, r := range repos {
 		rs := repoStatus{Name: r.Name}
+		if d := src[r.Name]; d != nil {
+			rs.Source = &d.repo.Source
+		}
 		rs.CronNextQuick, rs.CronNextFull, _ = scheduler.NextTimes(schedulerRepo(r), now)
 
 		st, err := mgr.Status(ctx, r.Name)
@@ -131,6 +137,11 @@ func fmtTime(t time.Time, now time.Time) string {
 
 func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 	fmt.Fprintf(w, "repository %s\n", rs.Name)
+
+	if src := rs.Source; src != nil {
+		fmt.Fprintf(w, "  discovered from: BackupRepository %s/%s, BackupStorageLocation %s (volume namespace %s)\n",
+			src.Namespace, src.BackupRepository, src.BackupStorageLocation, src.VolumeNamespace)
+	}
 
 	if rs.Status == nil {
 		fmt.Fprintf(w, "  error: %s\n", rs.Error)

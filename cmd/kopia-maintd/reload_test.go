@@ -70,7 +70,7 @@ func TestReloadKeepsGeneratedHolderIdentity(t *testing.T) {
 
 	started := cfg.Lease.HolderIdentity
 
-	mgr, err := newManager(cfg, zap.NewNop())
+	mgr, err := newManager(cfg, nil, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

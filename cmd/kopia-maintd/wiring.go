@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,6 +22,7 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/metrics"
 	"github.com/kopia-maintd/kopia-maintd/repository"
 	"github.com/kopia-maintd/kopia-maintd/scheduler"
+	"github.com/kopia-maintd/kopia-maintd/velero"
 )
 
 // configFlag registers --config with the KOPIA_MAINTD_CONFIG fallback.
@@ -90,12 +92,14 @@ func logLevel(c config.Log, minLevel zapcore.Level) (zapcore.Level, error) {
 	return max(level, minLevel), nil
 }
 
-// specs turns the configuration's repositories into repository specs.
-func specs(cfg *config.Config) ([]repository.Spec, error) {
+// specs turns the configuration's repositories into repository specs. The
+// secrets of a discovered repository (in src) come from Velero's Secrets.
+func specs(cfg *config.Config, src repoSources) ([]repository.Spec, error) {
 	out := make([]repository.Spec, 0, len(cfg.Repositories))
 
 	for _, r := range cfg.Repositories {
 		st := repository.Storage{}
+		password := r.Password
 
 		switch {
 		case r.Storage.Filesystem != nil:
@@ -110,12 +114,27 @@ func specs(cfg *config.Config) ([]repository.Spec, error) {
 				Insecure: s.Insecure, SkipTLSVerify: s.SkipTLSVerify,
 				Credentials: s.Credentials,
 			}
+
+			if d := src[r.Name]; d != nil {
+				st.S3.Credentials = nil
+				st.S3.SessionCredentials = d.credentials
+				password = d.password
+
+				ca, err := d.caCert()
+				if err != nil {
+					// That repository fails, with this reason, at each
+					// open; the others are not affected.
+					st.S3.SessionCredentials = func() (repository.S3Credentials, error) { return repository.S3Credentials{}, err }
+				}
+
+				st.S3.CACert = ca
+			}
 		}
 
 		out = append(out, repository.Spec{
 			Name:     r.Name,
 			Storage:  st,
-			Password: r.Password,
+			Password: password,
 			Create:   r.Create,
 			Ownership: repository.Ownership{
 				Policy:         repository.Policy(r.Ownership.Takeover),
@@ -128,7 +147,7 @@ func specs(cfg *config.Config) ([]repository.Spec, error) {
 	return out, nil
 }
 
-func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error) {
+func newManager(cfg *config.Config, src repoSources, log *zap.Logger) (*repository.Manager, error) {
 	// kopia's snapshot GC spills memory-mapped segments to TMPDIR. In the
 	// container image TMPDIR lies inside the state volume, which starts
 	// empty in Kubernetes; a missing TMPDIR would fail every full cycle.
@@ -136,7 +155,7 @@ func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error
 		return nil, fmt.Errorf("create temporary directory %s: %w", os.TempDir(), err)
 	}
 
-	sp, err := specs(cfg)
+	sp, err := specs(cfg, src)
 	if err != nil {
 		return nil, err
 	}
@@ -149,24 +168,74 @@ func newManager(cfg *config.Config, log *zap.Logger) (*repository.Manager, error
 }
 
 // setup loads the configuration and builds the logger and the repository
-// manager, the start of every command that touches repositories.
-func setup(cfgPath string, stderr io.Writer, minLevel zapcore.Level) (*config.Config, *zap.Logger, *repository.Manager, error) {
+// manager, the start of every command that touches repositories. With
+// velero.discover, Velero's objects are listed once and the repositories
+// found are part of the returned configuration (src names their sources);
+// when the listing fails, the command goes on with the configured
+// repositories and says so on stderr.
+func setup(cfgPath string, stderr io.Writer, minLevel zapcore.Level) (*config.Config, *zap.Logger, *repository.Manager, repoSources, error) {
 	cfg, err := loadConfig(cfgPath)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 
 	log, _, err := newLogger(cfg.Log, stderr, minLevel)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 
-	mgr, err := newManager(cfg, log.Named("repository"))
+	var src repoSources
+
+	if cfg.Velero.Discover {
+		found, disc, derr := discoverOnce(cfg, log.Named("velero"))
+		if derr != nil {
+			fmt.Fprintf(stderr, "kopia-maintd: velero discovery failed, showing only the configured repositories: %v\n", derr)
+		} else {
+			var clashes, skipped []velero.Repository
+
+			cfg, src, clashes, skipped = merge(cfg, found, disc)
+			for _, r := range append(clashes, skipped...) {
+				why := r.NotMaintained
+				if why == "" {
+					why = "its name is a configured repository's"
+				}
+
+				fmt.Fprintf(stderr, "kopia-maintd: discovered repository %s (BackupRepository %s/%s) is not maintained: %s\n",
+					r.Name, r.Source.Namespace, r.Source.BackupRepository, why)
+			}
+		}
+	}
+
+	mgr, err := newManager(cfg, src, log.Named("repository"))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 
-	return cfg, log, mgr, nil
+	return cfg, log, mgr, src, nil
+}
+
+// discoverOnce lists Velero's objects once (no informers) and returns what
+// discovery finds, with a Discovery to read the secrets through.
+func discoverOnce(cfg *config.Config, log *zap.Logger) ([]velero.Repository, *velero.Discovery, error) {
+	opts, err := veleroOptions(cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	found, err := velero.Discover(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	disc, err := velero.NewDiscovery(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	return found, disc, nil
 }
 
 // schedules turns the configuration's repositories into scheduler input.
@@ -243,6 +312,13 @@ type maintainer struct {
 	current func() *config.Config
 	// leases makes every run happen inside the repository's lease.
 	leases *leases
+	// source returns the Velero objects a discovered repository comes
+	// from, nil for a configured one (or when discovery is off).
+	source func(name string) *discoveredRepo
+	// suppress quiets Velero's own maintenance of the discovered
+	// repositories the daemon owns (velero.suppressBuiltinMaintenance).
+	suppress bool
+	log      *zap.Logger
 }
 
 func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
@@ -254,6 +330,19 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 		QuickInterval: job.QuickInterval,
 		FullInterval:  job.FullInterval,
 		Observer:      obs,
+	}
+
+	var d *discoveredRepo
+	if a.source != nil {
+		d = a.source(job.Repository)
+	}
+
+	if d != nil {
+		if err := a.veleroJobsDone(ctx, d); err != nil {
+			maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, nil, err)
+
+			return err
+		}
 	}
 
 	var report *repository.Report
@@ -289,7 +378,47 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, report, err)
 
+	if d != nil && a.suppress && report != nil && report.Owner == a.self {
+		a.suppressVelero(ctx, d)
+	}
+
 	return err
+}
+
+// veleroJobsDone refuses a run while one of Velero's own maintenance Jobs
+// for the repository is active. Such a Job checked kopia's maintenance
+// owner when it started, so taking ownership does not stop it: it runs its
+// whole cycle and writes (see velero.Discovery.ActiveMaintenanceJobs). Two
+// maintenance runs at once are what the lease exists to prevent, so the
+// run waits for the next slot, with the scheduler's backoff. Not being
+// able to tell refuses too.
+func (a maintainer) veleroJobsDone(ctx context.Context, d *discoveredRepo) error {
+	jobs, err := d.disc.ActiveMaintenanceJobs(ctx, d.repo.Source)
+	if err != nil {
+		return fmt.Errorf("check Velero maintenance Jobs of BackupRepository %s/%s: %w", d.repo.Source.Namespace, d.repo.Source.BackupRepository, err)
+	}
+
+	if len(jobs) > 0 {
+		return fmt.Errorf("velero maintenance Job %s of BackupRepository %s/%s is still running: this run waits until it ends",
+			strings.Join(jobs, ", "), d.repo.Source.Namespace, d.repo.Source.BackupRepository)
+	}
+
+	return nil
+}
+
+// suppressVelero raises the BackupRepository's maintenanceFrequency while
+// the daemon owns the repository; a failure is logged and tried again after
+// the next run.
+func (a maintainer) suppressVelero(ctx context.Context, d *discoveredRepo) {
+	log := a.log.With(zap.String("repository", d.repo.Name), zap.String("backup_repository", d.repo.Source.BackupRepository))
+
+	changed, err := d.disc.Suppress(ctx, d.repo.Source)
+	switch {
+	case err != nil:
+		log.Error("suppress Velero's maintenance of the repository", zap.Error(err))
+	case changed:
+		log.Info("suppressed Velero's maintenance of the repository", zap.String("maintenance_frequency", velero.SuppressedFrequency))
+	}
 }
 
 func (a maintainer) LastSuccess(ctx context.Context, name string) (time.Time, time.Time, error) {
