@@ -257,30 +257,32 @@ type veleroOverlay struct {
 }
 
 var (
-	listWatchVelero = rbacv1.PolicyRule{APIGroups: []string{"velero.io"}, Resources: []string{"backuprepositories", "backupstoragelocations"}, Verbs: []string{"list", "watch"}}
-	getBothSecrets  = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"velero-repo-credentials", "cloud-credentials"}, Verbs: []string{"get"}}
-	getRepoSecret   = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"velero-repo-credentials"}, Verbs: []string{"get"}}
-	patchRepos      = rbacv1.PolicyRule{APIGroups: []string{"velero.io"}, Resources: []string{"backuprepositories"}, Verbs: []string{"patch"}}
+	veleroReads    = rbacv1.PolicyRule{APIGroups: []string{"velero.io"}, Resources: []string{"backuprepositories", "backupstoragelocations"}, Verbs: []string{"get", "list", "watch"}}
+	listJobs       = rbacv1.PolicyRule{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"list"}}
+	getBothSecrets = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"velero-repo-credentials", "cloud-credentials"}, Verbs: []string{"get"}}
+	getRepoSecret  = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"velero-repo-credentials"}, Verbs: []string{"get"}}
+	patchRepos     = rbacv1.PolicyRule{APIGroups: []string{"velero.io"}, Resources: []string{"backuprepositories"}, Verbs: []string{"patch"}}
 )
 
 var veleroOverlays = []veleroOverlay{
 	{rel: "overlays/velero", namespace: "velero", serviceAccount: "kopia-maintd", deployment: true,
-		discovery: []rbacv1.PolicyRule{listWatchVelero, getBothSecrets, patchRepos}},
+		discovery: []rbacv1.PolicyRule{veleroReads, getBothSecrets, listJobs, patchRepos}},
 	{rel: "overlays/oadp", namespace: "openshift-adp", serviceAccount: "kopia-maintd", deployment: true,
-		discovery: []rbacv1.PolicyRule{listWatchVelero, getBothSecrets, patchRepos}},
+		discovery: []rbacv1.PolicyRule{veleroReads, getBothSecrets, listJobs, patchRepos}},
 	{rel: "overlays/velero-sidecar", namespace: "velero", serviceAccount: "velero", configMap: "kopia-maintd-config",
-		discovery: []rbacv1.PolicyRule{listWatchVelero, getRepoSecret, patchRepos}},
+		discovery: []rbacv1.PolicyRule{veleroReads, getRepoSecret, listJobs, patchRepos}},
 }
 
 // TestBaseDiscoveryRole checks the discovery Role as deploy/base renders it,
-// without the suppression Component: read-only, the two named Secrets.
+// without the suppression Component: read-only, the two named Secrets, a
+// list of Velero's maintenance Jobs.
 func TestBaseDiscoveryRole(t *testing.T) {
 	_, objs := render(t, "base")
 	role := find(objs, "Role", "kopia-maintd-velero-discovery")
 	if role == nil || role.GetNamespace() != "velero" {
 		t.Fatalf("deploy/base renders no Role kopia-maintd-velero-discovery in velero: %v", role)
 	}
-	if got, want := rules(t, role), []rbacv1.PolicyRule{listWatchVelero, getBothSecrets}; !reflect.DeepEqual(got, want) {
+	if got, want := rules(t, role), []rbacv1.PolicyRule{veleroReads, getBothSecrets, listJobs}; !reflect.DeepEqual(got, want) {
 		t.Errorf("rules = %+v, want %+v", got, want)
 	}
 	binding := find(objs, "RoleBinding", "kopia-maintd-velero-discovery")

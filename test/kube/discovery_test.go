@@ -226,11 +226,12 @@ func discoveryForbidden(dyn dynamic.Interface, ns, otherNS string) []check {
 }
 
 // TestDiscoveryRBAC proves the discovery Role minimal: bound alone, as
-// deploy/base renders it, the daemon's token can list and watch
-// BackupRepositories and BackupStorageLocations and get exactly the two
-// named Secrets of Velero's namespace, and is Forbidden to get any other
-// Secret, to list or watch Secrets, to patch (or otherwise write)
-// BackupRepositories, and to do any of it in another namespace. With the
+// deploy/base renders it, the daemon's token can get, list and watch
+// BackupRepositories and BackupStorageLocations, get exactly the two named
+// Secrets of Velero's namespace and list its Jobs, and is Forbidden to get
+// any other Secret, to list or watch Secrets, to watch or delete Jobs, to
+// patch (or otherwise write) BackupRepositories, and to do any of it in
+// another namespace. With the
 // Role as deploy/overlays/velero renders it (the suppress-builtin-maintenance
 // Component) it can also patch BackupRepositories, and nothing else more.
 func TestDiscoveryRBAC(t *testing.T) {
@@ -248,9 +249,36 @@ func TestDiscoveryRBAC(t *testing.T) {
 	}
 
 	allowed := append(listWatch(dyn, veleroNS, backupReposGVR, 1), listWatch(dyn, veleroNS, bslsGVR, 1)...)
-	allowed = append(allowed, getSecret(dyn, veleroNS, repoSecret), getSecret(dyn, veleroNS, cloudSecret))
+	allowed = append(allowed, getSecret(dyn, veleroNS, repoSecret), getSecret(dyn, veleroNS, cloudSecret),
+		getObject(dyn, veleroNS, backupReposGVR, "app1-default-kopia-x7k2p"), getObject(dyn, veleroNS, bslsGVR, "default"),
+		check{"list maintenance jobs of a repository in " + veleroNS, func(c context.Context) error {
+			_, err := dyn.Resource(jobsGVR).Namespace(veleroNS).List(c, metav1.ListOptions{LabelSelector: "velero.io/repo-name=default-default-kopia-x7k2p"})
+			return err
+		}})
 	expectAllowed(t, allowed)
-	expectForbidden(t, append(discoveryForbidden(dyn, veleroNS, otherVeleroNS),
+	// Bound alone, the discovery Role lists Jobs and does nothing else with
+	// them (the gate's reader Role adds get and watch).
+	jobsForbidden := []check{
+		{"watch jobs in " + veleroNS, func(c context.Context) error {
+			w, err := dyn.Resource(jobsGVR).Namespace(veleroNS).Watch(c, metav1.ListOptions{})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		}},
+		{"delete jobs in " + veleroNS, func(c context.Context) error {
+			return dyn.Resource(jobsGVR).Namespace(veleroNS).DeleteCollection(c, metav1.DeleteOptions{}, metav1.ListOptions{})
+		}},
+		{"list jobs in " + otherVeleroNS, func(c context.Context) error {
+			_, err := dyn.Resource(jobsGVR).Namespace(otherVeleroNS).List(c, metav1.ListOptions{})
+			return err
+		}},
+		{"list pods in " + veleroNS, func(c context.Context) error {
+			_, err := dyn.Resource(podsGVR).Namespace(veleroNS).List(c, metav1.ListOptions{})
+			return err
+		}},
+	}
+	expectForbidden(t, append(append(discoveryForbidden(dyn, veleroNS, otherVeleroNS), jobsForbidden...),
 		patchRepo(dyn, veleroNS, "app1-default-kopia-x7k2p", "8760h")))
 
 	t.Run("suppress-builtin-maintenance", func(t *testing.T) {
@@ -260,8 +288,15 @@ func TestDiscoveryRBAC(t *testing.T) {
 			patchRepo(dyn, veleroNS, "app1-default-kopia-x7k2p", "8760h"),
 			// and back, as a hand-back restores it
 			patchRepo(dyn, veleroNS, "app1-default-kopia-x7k2p", "1h")))
-		expectForbidden(t, discoveryForbidden(dyn, veleroNS, otherVeleroNS))
+		expectForbidden(t, append(discoveryForbidden(dyn, veleroNS, otherVeleroNS), jobsForbidden...))
 	})
+}
+
+func getObject(dyn dynamic.Interface, ns string, gvr schema.GroupVersionResource, name string) check {
+	return check{"get " + gvr.Resource + " " + ns + "/" + name, func(c context.Context) error {
+		_, err := dyn.Resource(gvr).Namespace(ns).Get(c, name, metav1.GetOptions{})
+		return err
+	}}
 }
 
 // overlayRBAC is an overlay whose whole RBAC TestOverlayRBAC applies.
