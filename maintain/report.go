@@ -45,18 +45,20 @@ func (o *RunObserver) Progress(p repository.Progress) {
 }
 
 // Owners remembers, per repository, whether this daemon was the owner at
-// its last run, to tell an ownership taken away by someone else. The zero
-// value is ready to use.
+// the end of its last run, to tell an ownership taken away by someone else.
+// The zero value is ready to use.
 type Owners struct {
 	mu     sync.Mutex
 	isSelf map[string]bool
 }
 
-// Observe records the owner seen by a run and reports whether ownership
-// went from this daemon to someone else since the previous run. The first
+// Observe records a run's owners, before (at the run's start, before any
+// takeover) and after, and reports whether ownership went from this daemon
+// to someone else since the previous run. A run that took ownership back
+// still tells the loss: before is what someone else left. The first
 // observation of a repository never counts as a loss: nothing is known of
 // before.
-func (o *Owners) Observe(repository string, isSelf bool) (lost bool) {
+func (o *Owners) Observe(repository string, before, after bool) (lost bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 
@@ -65,9 +67,32 @@ func (o *Owners) Observe(repository string, isSelf bool) (lost bool) {
 	}
 
 	was, known := o.isSelf[repository]
-	o.isSelf[repository] = isSelf
+	o.isSelf[repository] = after
 
-	return known && was && !isSelf
+	return known && was && !before
+}
+
+// VeleroOwner is the maintenance owner Velero writes: it opens every
+// repository as default@default (pkg/repository/udmrepo/kopialib, the
+// default user and host of Velero's repository service) and sets that
+// owner again when it re-initialises a repository.
+const VeleroOwner = "default@default"
+
+// Ownership change reasons ObserveReport adds to the takeover reasons.
+const (
+	// LostExternal: another identity took ownership from this daemon.
+	LostExternal = "external"
+	// LostVeleroReset: the owner was set back to Velero's default@default
+	// while this daemon owned the repository.
+	LostVeleroReset = "velero-reset"
+)
+
+// Loss is an ownership this daemon lost between two runs.
+type Loss struct {
+	// To is the owner the run found.
+	To string
+	// Reason is LostExternal or LostVeleroReset.
+	Reason string
 }
 
 // ReportMetrics receives what a finished run reports (metrics.Metrics).
@@ -80,32 +105,39 @@ type ReportMetrics interface {
 
 // ObserveReport exports what a finished run reports beyond its tasks (the
 // observer has counted those as they finished): the owner and any change of
-// it (reason "external" when someone else took it from this daemon, the
-// takeover reason when this run took it), the repository's health, and the
-// reclaim explanation. report is nil when the run stopped before maintenance
-// (e.g. not the owner); err is the run's error.
-func ObserveReport(met ReportMetrics, own *Owners, self, name string, report *repository.Report, err error) {
-	owner, known := "", false
+// it (LostVeleroReset or LostExternal when someone else took it from this
+// daemon since its last run, the takeover reason when this run took it),
+// the repository's health, and the reclaim explanation. report is nil when
+// the run stopped before maintenance (e.g. not the owner); err is the run's
+// error. A loss is returned for the caller to log; the ownership policy has
+// already handled it (a takeover in this run, or a skipped run).
+func ObserveReport(met ReportMetrics, own *Owners, self, name string, report *repository.Report, err error) (lost *Loss) {
+	owner, before, known := "", "", false
 
 	var notOwner *repository.NotOwnerError
 
 	switch {
 	case report != nil:
-		owner, known = report.Owner, true
+		owner, before, known = report.Owner, report.PreviousOwner, true
 	case errors.As(err, &notOwner):
-		owner, known = notOwner.Owner, true
+		owner, before, known = notOwner.Owner, notOwner.Owner, true
 	}
 
 	if known {
 		met.Owner(name, owner, owner == self)
 
-		if own.Observe(name, owner == self) {
-			met.OwnershipChanged(name, "external")
+		if own.Observe(name, before == self, owner == self) {
+			lost = &Loss{To: before, Reason: LostExternal}
+			if before == VeleroOwner {
+				lost.Reason = LostVeleroReset
+			}
+
+			met.OwnershipChanged(name, lost.Reason)
 		}
 	}
 
 	if report == nil {
-		return
+		return lost
 	}
 
 	if report.TookOver && report.TakeoverReason != "" {
@@ -119,4 +151,6 @@ func ObserveReport(met ReportMetrics, own *Owners, self, name string, report *re
 	if r := report.Reclaim; r != nil {
 		met.Reclaim(name, metrics.Reclaim{UnreferencedBytes: r.UnreferencedBytes, RetainedBytes: r.RetainedBytes, EligibleAt: r.EligibleAt})
 	}
+
+	return lost
 }

@@ -69,7 +69,7 @@ func newDescs(info BuildInfo) *descs {
 		size:           d("repository_size_bytes", "Stored bytes by blob class (p, q, index, other).", "repository", "class"),
 
 		ownerInfo:        d("owner_info", "The repository's maintenance owner (\"\" when unowned) and whether it is this daemon; the value is always 1.", "repository", "owner", "is_self"),
-		ownershipChanges: d("ownership_changes_total", "Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external).", "repository", "reason"),
+		ownershipChanges: d("ownership_changes_total", "Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external, velero-reset).", "repository", "reason"),
 
 		unsafeRuns: d("unsafe_runs_total", "Maintenance runs with safety=none, and refused requests for one, by result (success, failure, refused, cancelled).", "repository", "result"),
 		gateChecks: d("gate_checks_total", "Verdicts of the safety=none gate's checks by check and result (pass, refuse, absent), across all repositories.", "check", "result"),

@@ -241,7 +241,7 @@ kopia_maintenance_repository_size_bytes{class="q",repository="a"} 200
 # HELP kopia_maintenance_owner_info The repository's maintenance owner ("" when unowned) and whether it is this daemon; the value is always 1.
 # TYPE kopia_maintenance_owner_info gauge
 kopia_maintenance_owner_info{is_self="true",owner="maintd@e2e",repository="a"} 1
-# HELP kopia_maintenance_ownership_changes_total Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external).
+# HELP kopia_maintenance_ownership_changes_total Changes of the maintenance owner by reason (unowned, stale, always, manual, handback, external, velero-reset).
 # TYPE kopia_maintenance_ownership_changes_total counter
 kopia_maintenance_ownership_changes_total{reason="stale",repository="a"} 1
 `+helpUnsafeRuns+emptyUnsafe("a"))

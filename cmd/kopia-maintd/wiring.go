@@ -339,7 +339,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 
 	if d != nil {
 		if err := a.veleroJobsDone(ctx, d); err != nil {
-			maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, nil, err)
+			a.observe(job.Repository, nil, err)
 
 			return err
 		}
@@ -376,13 +376,36 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 		return err
 	}
 
-	maintain.ObserveReport(a.met, a.owners, a.self, job.Repository, report, err)
+	a.observe(job.Repository, report, err)
 
 	if d != nil && a.suppress && report != nil && report.Owner == a.self {
 		a.suppressVelero(ctx, d)
 	}
 
 	return err
+}
+
+// observe exports a finished run's report and logs, at Warn, an ownership
+// someone else took from the daemon since its last run; the ownership
+// policy has handled it already (this run took the repository back, or was
+// skipped).
+func (a maintainer) observe(name string, report *repository.Report, err error) {
+	lost := maintain.ObserveReport(a.met, a.owners, a.self, name, report, err)
+	if lost == nil {
+		return
+	}
+
+	log := a.log.With(zap.String("repository", name), zap.String("owner", lost.To), zap.String("reason", lost.Reason))
+
+	took := report != nil && report.TookOver
+	if lost.Reason == maintain.LostVeleroReset {
+		log.Warn("Velero set the repository's maintenance owner back to default@default (it does when it re-initialises a repository)",
+			zap.Bool("taken_back", took))
+
+		return
+	}
+
+	log.Warn("another identity took the repository's maintenance ownership", zap.Bool("taken_back", took))
 }
 
 // veleroJobsDone refuses a run while one of Velero's own maintenance Jobs

@@ -182,6 +182,23 @@ velero:
 		}
 	}
 
+	// Velero re-initialising a repository sets its owner back to
+	// default@default: the next run tells it (Warn, counted) and, under
+	// takeover: always, takes the repository back.
+	e.clis["app1"].Run(t, "maintenance", "set", "--owner", "default@default")
+	waitFor(t, d, "the owner reset by Velero told and taken back", time.Minute, func() bool {
+		return d.metric(t, `kopia_maintenance_ownership_changes_total{reason="velero-reset",repository="app1-default"}`) >= 1 &&
+			maintInfo(t, e.clis["app1"]).Owner == "maintd@e2e"
+	})
+
+	if !strings.Contains(d.logs(), "Velero set the repository's maintenance owner back to default@default") {
+		t.Error("no Warn log line for the owner Velero reset")
+	}
+
+	if n := d.metric(t, `kopia_maintenance_ownership_changes_total{reason="velero-reset",repository="app2-default"}`); n > 0 {
+		t.Errorf("app2-default: velero-reset counted %v times, its owner was never reset", n)
+	}
+
 	// A third BackupRepository is picked up without a restart.
 	e.addRepository(t, "app3")
 	waitFor(t, d, "the added repository maintained", time.Minute, maintained("app3-default"))
