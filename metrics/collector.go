@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -30,6 +31,8 @@ type descs struct {
 	leaseHeld, leaseAcquisitions, leaseLosses, leaseSkips *prometheus.Desc
 
 	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
+
+	notMaintained *prometheus.Desc
 }
 
 func newDescs(info BuildInfo) *descs {
@@ -85,6 +88,8 @@ func newDescs(info BuildInfo) *descs {
 		reloadOK:        d("config_last_reload_successful", "1 when the last load of the configuration file succeeded."),
 		reloadTimestamp: d("config_last_reload_success_timestamp_seconds", "Unix time of the last successful load of the configuration file."),
 		repositories:    d("repositories", "Configured repositories."),
+
+		notMaintained: d("discovered_not_maintained", "Repositories found by Velero discovery that are not maintained, by reason (read-only, unsupported, location-not-found, invalid, name-clash); the value is always 1.", "repository", "reason"),
 	}
 }
 
@@ -108,6 +113,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.unsafeRuns, d.gateChecks,
 		d.leaseHeld, d.leaseAcquisitions, d.leaseLosses, d.leaseSkips,
 		d.buildInfo, d.reloadOK, d.reloadTimestamp, d.repositories,
+		d.notMaintained,
 	} {
 		ch <- desc
 	}
@@ -147,6 +153,10 @@ func (c *collector) samples() []prometheus.Metric {
 	}
 
 	gauge(d.repositories, float64(len(m.repos)))
+
+	for _, name := range slices.Sorted(maps.Keys(m.notMaintained)) {
+		gauge(d.notMaintained, 1, name, m.notMaintained[name])
+	}
 
 	for _, check := range sortedKeys(m.gateChecks) {
 		for _, result := range sortedKeys(m.gateChecks[check]) {

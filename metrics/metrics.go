@@ -134,6 +134,9 @@ type Metrics struct {
 	// gateChecks counts the gate's verdicts by check and result. It has no
 	// repository dimension and outlives SetRepositories.
 	gateChecks map[string]map[string]float64
+	// notMaintained holds the reason of every discovered repository that
+	// is not maintained, by name.
+	notMaintained map[string]string
 }
 
 type repoState struct {
@@ -303,6 +306,18 @@ func (m *Metrics) SetRepositories(names []string) {
 	for _, n := range names {
 		m.repo(n)
 	}
+}
+
+// SetNotMaintained replaces the set of repositories Velero discovery found
+// but that are not maintained, with the reason of each (a class, not the
+// text: read-only, unsupported, location-not-found, invalid, name-clash).
+// They are exported apart from the configured repositories: they have no
+// runs.
+func (m *Metrics) SetNotMaintained(reasons map[string]string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	m.notMaintained = maps.Clone(reasons)
 }
 
 // ConfigReloaded records the outcome of loading the configuration (the

@@ -469,3 +469,42 @@ func TestCollectorLint(t *testing.T) {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestNotMaintainedSeries: every discovered repository that is not
+// maintained has one series with its reason, the set is replaced as a
+// whole (a repository now maintained leaves it), and none of them counts
+// as a configured repository.
+func TestNotMaintainedSeries(t *testing.T) {
+	m := New(BuildInfo{Version: "v1.2.3", KopiaVersion: "v0.22.3"})
+	m.SetRepositories([]string{"app1-default"})
+
+	names := []string{"kopia_maintenance_discovered_not_maintained", "kopia_maintenance_repositories"}
+	head := `# HELP kopia_maintenance_discovered_not_maintained Repositories found by Velero discovery that are not maintained, by reason (read-only, unsupported, location-not-found, invalid, name-clash); the value is always 1.
+# TYPE kopia_maintenance_discovered_not_maintained gauge
+`
+	repos := `# HELP kopia_maintenance_repositories Configured repositories.
+# TYPE kopia_maintenance_repositories gauge
+kopia_maintenance_repositories 1
+`
+
+	m.SetNotMaintained(map[string]string{"app2-azure": "unsupported", "app3-ro": "read-only"})
+
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(head+`kopia_maintenance_discovered_not_maintained{reason="unsupported",repository="app2-azure"} 1
+kopia_maintenance_discovered_not_maintained{reason="read-only",repository="app3-ro"} 1
+`+repos), names...); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetNotMaintained(map[string]string{"app3-ro": "read-only"})
+
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(head+`kopia_maintenance_discovered_not_maintained{reason="read-only",repository="app3-ro"} 1
+`+repos), names...); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetNotMaintained(nil)
+
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(repos), names...); err != nil {
+		t.Fatal(err)
+	}
+}

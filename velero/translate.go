@@ -172,16 +172,16 @@ func Translate(brs []*unstructured.Unstructured, bsls []*unstructured.Unstructur
 
 		switch bsl := locations[[2]string{first.namespace, first.bsl}]; {
 		case first.volumeNamespace == "":
-			r.NotMaintained = fmt.Sprintf("BackupRepository %s/%s has no spec.volumeNamespace", first.namespace, first.name)
+			r.Why, r.NotMaintained = WhyInvalid, fmt.Sprintf("BackupRepository %s/%s has no spec.volumeNamespace", first.namespace, first.name)
 		case first.bsl == "":
-			r.NotMaintained = fmt.Sprintf("BackupRepository %s/%s has no spec.backupStorageLocation", first.namespace, first.name)
+			r.Why, r.NotMaintained = WhyInvalid, fmt.Sprintf("BackupRepository %s/%s has no spec.backupStorageLocation", first.namespace, first.name)
 		case bsl == nil:
 			// It may appear later; the informer then brings it.
-			r.NotMaintained = fmt.Sprintf("BackupStorageLocation %s/%s not found", first.namespace, first.bsl)
+			r.Why, r.NotMaintained = WhyNoLocation, fmt.Sprintf("BackupStorageLocation %s/%s not found", first.namespace, first.bsl)
 		default:
-			loc, reason := translateLocation(bsl, first.volumeNamespace, opts)
+			loc, why, reason := translateLocation(bsl, first.volumeNamespace, opts)
 			if reason != "" {
-				r.NotMaintained = reason
+				r.Why, r.NotMaintained = why, reason
 			} else {
 				r.Location = loc
 			}
@@ -197,11 +197,12 @@ func Translate(brs []*unstructured.Unstructured, bsls []*unstructured.Unstructur
 
 // translateLocation is getStorageVariables and getStorageCredentials
 // (pkg/repository/provider/unified_repo.go) for the repository of
-// volumeNamespace in bsl. It returns the Location, or why there is none.
-func translateLocation(bsl *unstructured.Unstructured, volumeNamespace string, opts Options) (Location, string) {
+// volumeNamespace in bsl. It returns the Location, or why there is none
+// (a Why* class and the reason).
+func translateLocation(bsl *unstructured.Unstructured, volumeNamespace string, opts Options) (Location, string, string) {
 	where := "BackupStorageLocation " + bsl.GetNamespace() + "/" + bsl.GetName()
-	fail := func(format string, args ...any) (Location, string) {
-		return Location{}, where + ": " + fmt.Sprintf(format, args...)
+	fail := func(format string, args ...any) (Location, string, string) {
+		return Location{}, WhyInvalid, where + ": " + fmt.Sprintf(format, args...)
 	}
 
 	provider, _, err := unstructured.NestedString(bsl.Object, "spec", "provider")
@@ -224,7 +225,7 @@ func translateLocation(bsl *unstructured.Unstructured, volumeNamespace string, o
 	case accessModeReadOnly:
 		// Velero's controller runs no maintenance on a ReadOnly location
 		// (backup_repository_controller.go, Reconcile).
-		return Location{}, fmt.Sprintf("location %s/%s is ReadOnly: Velero writes nothing there and runs no maintenance on it, so it is not maintained",
+		return Location{}, WhyReadOnly, fmt.Sprintf("location %s/%s is ReadOnly: Velero writes nothing there and runs no maintenance on it, so it is not maintained",
 			bsl.GetNamespace(), bsl.GetName())
 	default:
 		return fail("unknown spec.accessMode %q", mode)
@@ -233,11 +234,11 @@ func translateLocation(bsl *unstructured.Unstructured, volumeNamespace string, o
 	switch bt := backendType(provider, config); bt {
 	case backendAWS:
 	case backendFS:
-		return Location{}, fmt.Sprintf("provider %s: the location is filesystem-backed; only S3-compatible locations (aws, or any provider with s3Url) can be maintained", bt)
+		return Location{}, WhyUnsupported, fmt.Sprintf("provider %s: the location is filesystem-backed; only S3-compatible locations (aws, or any provider with s3Url) can be maintained", bt)
 	default:
 		// Azure and GCS: kopia's backends for them take settings that
 		// cannot be derived from the location without guessing.
-		return Location{}, fmt.Sprintf("provider %s: only S3-compatible locations (aws, or any provider with s3Url) can be maintained", bt)
+		return Location{}, WhyUnsupported, fmt.Sprintf("provider %s: only S3-compatible locations (aws, or any provider with s3Url) can be maintained", bt)
 	}
 
 	loc := Location{
@@ -321,14 +322,16 @@ func translateLocation(bsl *unstructured.Unstructured, volumeNamespace string, o
 	case config["credentialsFile"] != "":
 		// A path inside Velero's pod (pkg/repository/config/config.go,
 		// CredentialsFileKey): nothing says the daemon sees the same file.
-		return fail("config credentialsFile names a file in Velero's pod: give the location a spec.credential Secret instead")
+		_, _, reason := fail("config credentialsFile names a file in Velero's pod: give the location a spec.credential Secret instead")
+
+		return Location{}, WhyUnsupported, reason
 	case opts.CloudCredentialsFile != "":
 		loc.CredentialsFile = opts.CloudCredentialsFile
 	default:
 		loc.Credential = SecretKey{Name: opts.CloudCredentialsSecret, Key: cloudCredentialsKey}
 	}
 
-	return loc, ""
+	return loc, "", ""
 }
 
 // caCert sets loc's CA from the location bsl: caCertRef first, then the

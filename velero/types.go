@@ -82,7 +82,24 @@ type Repository struct {
 	// BackupStorageLocation, a bad s3Url, ... Such a repository is listed,
 	// never silently dropped.
 	NotMaintained string
+	// Why classifies NotMaintained for metrics: one of the Why* values.
+	Why string
 }
+
+// Classes of repositories that are not maintained (Repository.Why).
+const (
+	// WhyReadOnly: the location is ReadOnly.
+	WhyReadOnly = "read-only"
+	// WhyUnsupported: the location's provider is not S3-compatible
+	// (Azure, GCS, a filesystem), or it names a credentials file inside
+	// Velero's pod.
+	WhyUnsupported = "unsupported"
+	// WhyNoLocation: the BackupStorageLocation does not exist (yet).
+	WhyNoLocation = "location-not-found"
+	// WhyInvalid: the BackupRepository or its location lacks or
+	// misspells a field the repository needs.
+	WhyInvalid = "invalid"
+)
 
 // clone returns a copy that shares no slice with r.
 func (r Repository) clone() Repository {

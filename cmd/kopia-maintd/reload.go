@@ -128,6 +128,8 @@ func (r *reloader) install(cfg *config.Config, found []velero.Repository) error 
 		return fmt.Errorf("update schedules: %w", err)
 	}
 
+	r.met.SetNotMaintained(notMaintained(clashes, skipped))
+
 	r.eff, r.src, r.found = eff, src, found
 
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -118,4 +119,23 @@ func merge(static *config.Config, found []velero.Repository, disc *velero.Discov
 	}
 
 	return &c, src, clashes, skipped
+}
+
+// whyClash is the reason class of a discovered repository whose name a
+// configured repository already uses.
+const whyClash = "name-clash"
+
+// notMaintained returns the reason class of every discovered repository
+// merge left out, for metrics.
+func notMaintained(clashes, skipped []velero.Repository) map[string]string {
+	out := make(map[string]string, len(clashes)+len(skipped))
+	for _, s := range skipped {
+		out[s.Name] = cmp.Or(s.Why, velero.WhyInvalid)
+	}
+
+	for _, c := range clashes {
+		out[c.Name] = whyClash
+	}
+
+	return out
 }
