@@ -42,7 +42,7 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 		return usagef("--safety none applies to full cycles only")
 	}
 
-	cfg, log, mgr, _, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
+	cfg, log, mgr, src, err := setup(*cfgPath, stderr, zapcore.InfoLevel)
 	if err != nil {
 		return err
 	}
@@ -60,6 +60,16 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	// As in the daemon: not while Velero's own maintenance Job for the
+	// repository runs (it checked the owner when it started and writes to
+	// the end).
+	d := src[rc.Name]
+	if d != nil {
+		if err := veleroJobsDone(ctx, d); err != nil {
+			return err
+		}
+	}
 
 	lm, err := newLeases(cfg, mgr, nil, log.Named("lease"))
 	if err != nil {
@@ -82,6 +92,10 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 	})
 	if rep != nil {
 		printReport(stdout, rep, runErr)
+
+		if d != nil && cfg.Velero.SuppressBuiltinMaintenance && rep.Owner == cfg.Identity.String() {
+			suppressVelero(ctx, log.Named("velero"), d)
+		}
 	}
 
 	var refusal *maintain.GateRefusal

@@ -338,7 +338,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 	}
 
 	if d != nil {
-		if err := a.veleroJobsDone(ctx, d); err != nil {
+		if err := veleroJobsDone(ctx, d); err != nil {
 			a.observe(job.Repository, nil, err)
 
 			return err
@@ -379,7 +379,7 @@ func (a maintainer) Run(ctx context.Context, job scheduler.Job) error {
 	a.observe(job.Repository, report, err)
 
 	if d != nil && a.suppress && report != nil && report.Owner == a.self {
-		a.suppressVelero(ctx, d)
+		suppressVelero(ctx, a.log, d)
 	}
 
 	return err
@@ -415,7 +415,7 @@ func (a maintainer) observe(name string, report *repository.Report, err error) {
 // maintenance runs at once are what the lease exists to prevent, so the
 // run waits for the next slot, with the scheduler's backoff. Not being
 // able to tell refuses too.
-func (a maintainer) veleroJobsDone(ctx context.Context, d *discoveredRepo) error {
+func veleroJobsDone(ctx context.Context, d *discoveredRepo) error {
 	jobs, err := d.disc.ActiveMaintenanceJobs(ctx, d.repo.Source)
 	if err != nil {
 		return fmt.Errorf("check Velero maintenance Jobs of BackupRepository %s/%s: %w", d.repo.Source.Namespace, d.repo.Source.BackupRepository, err)
@@ -432,8 +432,8 @@ func (a maintainer) veleroJobsDone(ctx context.Context, d *discoveredRepo) error
 // suppressVelero raises the BackupRepository's maintenanceFrequency while
 // the daemon owns the repository; a failure is logged and tried again after
 // the next run.
-func (a maintainer) suppressVelero(ctx context.Context, d *discoveredRepo) {
-	log := a.log.With(zap.String("repository", d.repo.Name), zap.String("backup_repository", d.repo.Source.BackupRepository))
+func suppressVelero(ctx context.Context, log *zap.Logger, d *discoveredRepo) {
+	log = log.With(zap.String("repository", d.repo.Name), zap.String("backup_repository", d.repo.Source.BackupRepository))
 
 	changed, err := d.disc.Suppress(ctx, d.repo.Source)
 	switch {
