@@ -1,12 +1,10 @@
 package velero
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -20,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -31,9 +28,11 @@ import (
 const (
 	veleroNS = "velero"
 	daemonSA = "kopia-maintd"
-	// roleFile and bindingFile are the RBAC under test.
-	roleFile    = "velero/testdata/role.yaml"
-	bindingFile = "velero/testdata/rolebinding.yaml"
+	// roleFile and bindingFile are the RBAC under test, deploy/'s own;
+	// suppressionComponent adds patch on BackupRepositories to the Role.
+	roleFile             = "deploy/base/discovery-role.yaml"
+	bindingFile          = "deploy/base/discovery-rolebinding.yaml"
+	suppressionComponent = "deploy/components/suppress-builtin-maintenance"
 )
 
 var jobsGVR = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
@@ -43,15 +42,15 @@ const waitTimeout = 15 * time.Second
 
 // TestKube runs package velero against one real kube-apiserver with
 // Velero's CRDs (test/testdata/crds) and, for everything the daemon does,
-// the identity of its ServiceAccount bound by exactly the Roles of
-// velero/testdata/role.yaml. The subtests run in order and share the
+// the identity of its ServiceAccount bound by exactly the discovery Role of
+// deploy/base, and later the suppression Component's addition to it. The subtests run in order and share the
 // namespace; each deletes what it made.
 func TestKube(t *testing.T) {
 	k := harness.StartKube(t)
 	k.InstallCRDs(t)
 	k.EnsureNamespace(t, veleroNS)
 	k.ApplyFile(t, roleFile)
-	applyDoc(t, k, bindingFile, "kopia-maintd-velero-discovery")
+	k.ApplyFile(t, bindingFile)
 
 	sa := k.ServiceAccountConfig(t, veleroNS, daemonSA)
 	waitAllowed(t, func(ctx context.Context) error {
@@ -91,40 +90,6 @@ func ctxT(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 
 	return ctx
-}
-
-// applyDoc applies, as the admin, the document of file named name.
-func applyDoc(t testing.TB, k *harness.Kube, file, name string) {
-	t.Helper()
-
-	data, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), file))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-
-	for {
-		var obj map[string]any
-		if err := dec.Decode(&obj); err != nil {
-			if errors.Is(err, io.EOF) {
-				t.Fatalf("%s has no object named %s", file, name)
-			}
-
-			t.Fatal(err)
-		}
-
-		if u := (&unstructured.Unstructured{Object: obj}); u.GetName() == name {
-			js, err := json.Marshal(obj)
-			if err != nil {
-				t.Fatal(err)
-			}
-
-			k.Apply(t, js)
-
-			return
-		}
-	}
 }
 
 // waitAllowed retries call until RBAC, which the API server reads from its
@@ -687,20 +652,20 @@ func testSuppressionRBAC(t *testing.T, k *harness.Kube, sa *rest.Config) {
 	d := newDiscovery(t, sa, Options{})
 	src := Source{Namespace: veleroNS, BackupRepository: "rbac-default-kopia-r"}
 
-	// Without the suppression Role: reading works, patching is Forbidden.
+	// Without the suppression Component: reading works, patching is Forbidden.
 	if s, err := d.Suppressed(ctxT(t), src); err != nil || s {
 		t.Errorf("Suppressed = %v, %v; want false", s, err)
 	}
 
 	if changed, err := d.Suppress(ctxT(t), src); !apierrors.IsForbidden(err) || changed {
-		t.Errorf("Suppress without the suppression Role = %v, %v; want Forbidden", changed, err)
+		t.Errorf("Suppress without the suppression Component = %v, %v; want Forbidden", changed, err)
 	}
 
 	if changed, err := d.Restore(ctxT(t), src); err != nil || changed {
 		t.Errorf("Restore of an object never suppressed = %v, %v; want nothing to do", changed, err)
 	}
 
-	applyDoc(t, k, bindingFile, "kopia-maintd-velero-suppression")
+	k.ApplyRoleComponent(t, suppressionComponent, veleroNS)
 	waitAllowed(t, func(ctx context.Context) error {
 		_, err := d.Suppress(ctx, src)
 		return err

@@ -13,8 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
@@ -259,30 +257,7 @@ func veleroDiscoveryKubeconfig(t *testing.T, kube *harness.Kube) string {
 		kube.ApplyFile(t, f)
 	}
 
-	data, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "deploy/components/suppress-builtin-maintenance/kustomization.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	var comp struct {
-		Patches []struct {
-			Target struct{ Kind, Name string }
-			Patch  string
-		}
-	}
-	if err := yaml.Unmarshal(data, &comp); err != nil || len(comp.Patches) != 1 || comp.Patches[0].Target.Kind != "Role" {
-		t.Fatalf("suppression component: %v %+v", err, comp)
-	}
-
-	ops, err := yaml.YAMLToJSON([]byte(comp.Patches[0].Patch))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	roles := schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"}
-	if _, err := kube.Dynamic(t).Resource(roles).Namespace("velero").Patch(context.Background(), comp.Patches[0].Target.Name, types.JSONPatchType, ops, metav1.PatchOptions{}); err != nil {
-		t.Fatalf("apply the suppression component's patch: %v", err)
-	}
+	kube.ApplyRoleComponent(t, "deploy/components/suppress-builtin-maintenance", "velero")
 
 	return kube.ServiceAccountKubeconfig(t, "velero", "kopia-maintd")
 }

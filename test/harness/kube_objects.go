@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // kubeOpTimeout bounds each API call the harness makes.
@@ -449,4 +450,50 @@ func (k *Kube) hasStatusSubresource(t testing.TB, gvr schema.GroupVersionResourc
 		t.Fatalf("%s serves no resource %q (it serves %v)", gvr.GroupVersion(), gvr.Resource, names)
 	}
 	return slices.Contains(names, gvr.Resource+"/status")
+}
+
+// ApplyRoleComponent applies, as the admin, the JSON patches of the
+// Kustomize Component in dir (relative to the repository root) to the Roles
+// they target in namespace, as `kubectl kustomize` would have before the
+// Roles were applied. Only patches of Roles are supported: the deploy/
+// Components that grant RBAC are of that kind.
+func (k *Kube) ApplyRoleComponent(t testing.TB, dir, namespace string) {
+	t.Helper()
+
+	data, err := os.ReadFile(filepath.Join(RepoRoot(t), dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var comp struct {
+		Kind    string `json:"kind"`
+		Patches []struct {
+			Target struct{ Group, Kind, Name string }
+			Patch  string
+		}
+	}
+	if err := sigsyaml.Unmarshal(data, &comp); err != nil {
+		t.Fatalf("%s: %v", dir, err)
+	}
+
+	if comp.Kind != "Component" || len(comp.Patches) == 0 {
+		t.Fatalf("%s: not a Component with patches", dir)
+	}
+
+	roles := schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"}
+
+	for _, p := range comp.Patches {
+		if p.Target.Kind != "Role" || p.Target.Name == "" {
+			t.Fatalf("%s: patch of %s %q: only named Roles are supported", dir, p.Target.Kind, p.Target.Name)
+		}
+
+		ops, err := sigsyaml.YAMLToJSON([]byte(p.Patch))
+		if err != nil {
+			t.Fatalf("%s: patch of Role %s: %v", dir, p.Target.Name, err)
+		}
+
+		if _, err := k.Dynamic(t).Resource(roles).Namespace(namespace).Patch(context.Background(), p.Target.Name, types.JSONPatchType, ops, metav1.PatchOptions{}); err != nil {
+			t.Fatalf("%s: patch of Role %s/%s: %v", dir, namespace, p.Target.Name, err)
+		}
+	}
 }
