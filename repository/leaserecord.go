@@ -140,7 +140,10 @@ func (r *LeaseRecord) Swap(ctx context.Context, version string, data []byte) (st
 
 // s3Record is the lease record as one S3 object whose ETag is its version:
 // created with If-None-Match: * and replaced with If-Match: <etag>, which
-// AWS S3 and MinIO evaluate atomically against the current object.
+// AWS S3 and MinIO evaluate atomically against the current object. The ETag
+// of a simple upload is the MD5 of its contents, so writing the same bytes
+// again brings the same version back: every write must differ (the lease
+// package's records carry their write time and a token per acquisition).
 type s3Record struct {
 	cli      *minio.Client
 	bucket   string
