@@ -167,13 +167,13 @@ type minioClientKey struct {
 }
 
 // newMinioClient returns a client built from the same settings, credential
-// chain and TLS options as kopia's S3 storage. The keys are read now, as
-// kopia's storage reads them at every open, so a rotated key file is used
-// by the next lease operation.
+// chain and TLS options as kopia's S3 storage. The keys and the CA bundle
+// are read now, as kopia's storage reads them at every open, so a rotated
+// key file or CA is used by the next lease operation.
 func newMinioClient(s *S3Storage) (*minio.Client, error) {
 	opts, err := s.options()
 	if err != nil {
-		return nil, fmt.Errorf("s3 credentials for %s: %w", s.Endpoint, err)
+		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
 
 	key := minioClientKey{

@@ -127,6 +127,49 @@ func TestS3TLS(t *testing.T) {
 		}
 	})
 
+	// A CA source (Velero's caCertRef Secret) is read at every open by
+	// kopia's storage and the lease record's client: while it fails, runs
+	// fail with its reason; once it returns the CA, the next run works with
+	// the same spec.
+	t.Run("CA source", func(t *testing.T) {
+		var (
+			calls int
+			ca    []byte
+			err   = errors.New("get secret velero/minio-ca: forbidden")
+		)
+
+		spec := tlsSpec("r", mc, "kopia/existing/", false, nil, false)
+		spec.Storage.S3.CACert = other.PEM // the source wins
+		spec.Storage.S3.CACertSource = func() ([]byte, error) {
+			calls++
+			return ca, err
+		}
+
+		m := newTestManager(t, me, spec)
+
+		_, runErr := m.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick})
+		if runErr == nil || !strings.Contains(runErr.Error(), "read CA bundle: get secret velero/minio-ca: forbidden") {
+			t.Fatalf("run while the CA source fails: %v", runErr)
+		}
+
+		if _, _, _, leaseErr := m.LeaseRecord("r").Read(ctx); leaseErr == nil || !strings.Contains(leaseErr.Error(), "read CA bundle: ") {
+			t.Fatalf("lease record read while the CA source fails: %v", leaseErr)
+		}
+
+		ca, err = mc.CA.PEM, nil
+		before := calls
+
+		if _, err := m.Run(ctx, testLease(t, "r"), "r", RunRequest{Cycle: Quick}); err != nil {
+			t.Fatalf("run once the CA source returns the CA: %v", err)
+		}
+
+		checkLeaseRecord(t, m, "r")
+
+		if calls == before {
+			t.Fatal("the CA source was not called again")
+		}
+	})
+
 	t.Run("refused", func(t *testing.T) {
 		for _, tc := range []struct {
 			name string
