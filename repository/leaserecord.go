@@ -140,7 +140,10 @@ func (r *LeaseRecord) Swap(ctx context.Context, version string, data []byte) (st
 
 // s3Record is the lease record as one S3 object whose ETag is its version:
 // created with If-None-Match: * and replaced with If-Match: <etag>, which
-// AWS S3 and MinIO evaluate atomically against the current object.
+// AWS S3 and MinIO evaluate atomically against the current object. The ETag
+// of a simple upload is the MD5 of its contents, so writing the same bytes
+// again brings the same version back: every write must differ (the lease
+// package's records carry their write time and a token per acquisition).
 type s3Record struct {
 	cli      *minio.Client
 	bucket   string
@@ -164,13 +167,13 @@ type minioClientKey struct {
 }
 
 // newMinioClient returns a client built from the same settings, credential
-// chain and TLS options as kopia's S3 storage. The keys are read now, as
-// kopia's storage reads them at every open, so a rotated key file is used
-// by the next lease operation.
+// chain and TLS options as kopia's S3 storage. The keys and the CA bundle
+// are read now, as kopia's storage reads them at every open, so a rotated
+// key file or CA is used by the next lease operation.
 func newMinioClient(s *S3Storage) (*minio.Client, error) {
 	opts, err := s.options()
 	if err != nil {
-		return nil, fmt.Errorf("s3 credentials for %s: %w", s.Endpoint, err)
+		return nil, fmt.Errorf("s3 client for %s: %w", s.Endpoint, err)
 	}
 
 	key := minioClientKey{

@@ -53,8 +53,15 @@ type S3Storage struct {
 	SessionCredentials func() (S3Credentials, error)
 	// CACert, when not empty, is a PEM bundle of the certificate
 	// authorities that sign the endpoint's certificate (Velero's
-	// BackupStorageLocation caCert), trusted instead of the system's.
+	// BackupStorageLocation caCert), trusted instead of the system's. It
+	// applies to kopia's storage and to the lease record's client alike.
 	CACert []byte
+	// CACertSource, when set, takes the place of CACert and returns the
+	// bundle (nil: the system's roots). Like the credentials it is called
+	// at every open, so a bundle kept in a Secret (Velero's caCertRef) that
+	// was unreadable, missing or rotated is used as it is now by the next
+	// run, without a restart.
+	CACertSource func() ([]byte, error)
 }
 
 // S3Credentials are S3 keys with an optional session token.
@@ -72,21 +79,30 @@ func (c S3Credentials) String() string {
 // GoString never shows the secret key or the token (%#v).
 func (c S3Credentials) GoString() string { return c.String() }
 
-// options builds kopia's S3 options, reading the credentials now.
+// options builds kopia's S3 options, reading the credentials and the CA
+// bundle now.
 func (s *S3Storage) options() (*s3.Options, error) {
 	id, secret, token := s.AccessKeyID, s.SecretAccessKey, ""
 	switch {
 	case s.SessionCredentials != nil:
 		c, err := s.SessionCredentials()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read s3 credentials: %w", err)
 		}
 
 		id, secret, token = c.AccessKeyID, c.SecretAccessKey, c.SessionToken
 	case s.Credentials != nil:
 		var err error
 		if id, secret, err = s.Credentials(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read s3 credentials: %w", err)
+		}
+	}
+
+	ca := s.CACert
+	if s.CACertSource != nil {
+		var err error
+		if ca, err = s.CACertSource(); err != nil {
+			return nil, fmt.Errorf("read CA bundle: %w", err)
 		}
 	}
 
@@ -97,7 +113,7 @@ func (s *S3Storage) options() (*s3.Options, error) {
 		Region:          s.Region,
 		DoNotUseTLS:     s.Insecure,
 		DoNotVerifyTLS:  s.SkipTLSVerify,
-		RootCA:          s.CACert,
+		RootCA:          ca,
 		AccessKeyID:     id,
 		SecretAccessKey: secret,
 		SessionToken:    token,
@@ -140,7 +156,7 @@ func (s Storage) openBlobStorage(ctx context.Context, create bool) (blob.Storage
 	case s.S3 != nil:
 		o, err := s.S3.options()
 		if err != nil {
-			return nil, fmt.Errorf("read s3 credentials: %w", err)
+			return nil, err
 		}
 
 		return s3.New(ctx, o, create)

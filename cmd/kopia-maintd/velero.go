@@ -53,7 +53,7 @@ func (d *discoveredRepo) credentials() (repository.S3Credentials, error) {
 }
 
 // caCert reads the location's CA bundle: caCert, or the Secret of
-// caCertRef (read when the specs are built, at each discovery change).
+// caCertRef, read at every open of the repository's storage.
 func (d *discoveredRepo) caCert() ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), veleroCallTimeout)
 	defer cancel()

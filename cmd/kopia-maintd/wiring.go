@@ -115,19 +115,16 @@ func specs(cfg *config.Config, src repoSources) ([]repository.Spec, error) {
 				Credentials: s.Credentials,
 			}
 
+			// Velero's Secrets are read at every open of the storage
+			// too, never here: building the specs (at each discovery
+			// change, twice) makes no API call, and a Secret that was
+			// forbidden, missing or rotated is used as it is now by the
+			// next run.
 			if d := src[r.Name]; d != nil {
 				st.S3.Credentials = nil
 				st.S3.SessionCredentials = d.credentials
+				st.S3.CACertSource = d.caCert
 				password = d.password
-
-				ca, err := d.caCert()
-				if err != nil {
-					// That repository fails, with this reason, at each
-					// open; the others are not affected.
-					st.S3.SessionCredentials = func() (repository.S3Credentials, error) { return repository.S3Credentials{}, err }
-				}
-
-				st.S3.CACert = ca
 			}
 		}
 

@@ -3,6 +3,9 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -70,6 +73,55 @@ func TestMinIOServesS3WhenStarted(t *testing.T) {
 	if _, err := wrong.Client(t).ListBuckets(context.Background()); minio.ToErrorResponse(err).Code != "SignatureDoesNotMatch" {
 		t.Fatalf("list buckets with a wrong secret: %v, want SignatureDoesNotMatch", err)
 	}
+}
+
+// TestMinIOTLS: a server from StartMinIOTLS serves HTTPS only, with a
+// certificate that verifies against its CA and no other; its client, its
+// kopia flags and a restart keep working.
+func TestMinIOTLS(t *testing.T) {
+	t.Parallel()
+	m := StartMinIOTLS(t)
+	if !strings.HasPrefix(m.URL(), "https://") {
+		t.Fatalf("URL = %q, want https", m.URL())
+	}
+	m.MakeBucket(t, "tls")
+
+	get := func(roots *x509.CertPool) error {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+		resp, err := c.Get(m.URL() + "/minio/health/ready")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get(m.CA.Pool()); err != nil {
+		t.Fatalf("GET with the server's CA: %v", err)
+	}
+	var unknown x509.UnknownAuthorityError
+	if err := get(NewCA(t).Pool()); !errors.As(err, &unknown) {
+		t.Fatalf("GET trusting another CA: %v, want x509.UnknownAuthorityError", err)
+	}
+	if err := get(nil); !errors.As(err, &unknown) {
+		t.Fatalf("GET trusting the system roots: %v, want x509.UnknownAuthorityError", err)
+	}
+	if resp, err := http.Get("http://" + m.Endpoint + "/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("plain HTTP to the TLS server: status %d, want 400", resp.StatusCode)
+		}
+	}
+	if pem, err := os.ReadFile(m.CAFile); err != nil || !bytes.Equal(pem, m.CA.PEM) {
+		t.Fatalf("CAFile %s: %v, or not the CA", m.CAFile, err)
+	}
+
+	m.Stop(t)
+	m.Start(t)
+	if _, err := m.Client(t).ListBuckets(context.Background()); err != nil {
+		t.Fatalf("list buckets after a restart: %v", err)
+	}
+
+	k := NewKopiaCLI(t, "harness-password")
+	k.Run(t, append([]string{"repository", "create", "s3"}, m.KopiaS3Flags("tls", "cli/")...)...)
 }
 
 // TestKopiaCLIVersion: the plain kopia tool is v0.22.3 and each versioned

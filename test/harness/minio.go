@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"net/http"
@@ -27,8 +28,9 @@ const MinIORegion = "us-east-1"
 // builds in parallel can be much slower.
 const minioReadyTimeout = 60 * time.Second
 
-// MinIO is a real MinIO server started by StartMinIO on 127.0.0.1, serving
-// plain HTTP from a data directory in t.TempDir().
+// MinIO is a real MinIO server on 127.0.0.1 serving a data directory in
+// t.TempDir(): plain HTTP when started by StartMinIO, HTTPS when started by
+// StartMinIOTLS.
 type MinIO struct {
 	// Endpoint is host:port of the S3 API, without a scheme.
 	Endpoint string
@@ -36,6 +38,11 @@ type MinIO struct {
 	AccessKey string
 	// SecretKey is the root password, random per server.
 	SecretKey string
+	// CA is the authority that signed the server's certificate, nil for a
+	// plain HTTP server. Its PEM is the bundle clients must trust.
+	CA *CA
+	// CAFile is the path of a file holding CA.PEM, "" for plain HTTP.
+	CAFile string
 
 	bin     string
 	dataDir string
@@ -53,8 +60,23 @@ type minioProcess struct {
 }
 
 // StartMinIO starts a MinIO server with a fresh data directory and random
-// root credentials, waits until it is ready, and stops it in t.Cleanup.
+// root credentials, serving plain HTTP, waits until it is ready, and stops it
+// in t.Cleanup.
 func StartMinIO(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, false)
+}
+
+// StartMinIOTLS is StartMinIO for a server that serves HTTPS only, with a
+// certificate for 127.0.0.1 signed by a CA made for this server (m.CA, also
+// written to m.CAFile). Clients that do not trust that CA are refused the
+// handshake, as with a private CA in production.
+func StartMinIOTLS(t testing.TB) *MinIO {
+	t.Helper()
+	return startMinIO(t, true)
+}
+
+func startMinIO(t testing.TB, withTLS bool) *MinIO {
 	t.Helper()
 	m := &MinIO{
 		AccessKey: "u" + randomHex(t, 8),
@@ -63,6 +85,9 @@ func StartMinIO(t testing.TB) *MinIO {
 		dataDir:   t.TempDir(),
 		homeDir:   t.TempDir(),
 		logs:      &tailBuffer{max: 64 << 10},
+	}
+	if withTLS {
+		m.writeCerts(t)
 	}
 	t.Cleanup(func() {
 		m.kill()
@@ -109,21 +134,68 @@ func (m *MinIO) Start(t testing.TB) {
 	}
 }
 
-// URL returns the base URL of the S3 API, "http://" + Endpoint.
-func (m *MinIO) URL() string { return "http://" + m.Endpoint }
+// URL returns the base URL of the S3 API: "http://" + Endpoint, or
+// "https://" + Endpoint for a server started by StartMinIOTLS.
+func (m *MinIO) URL() string {
+	if m.CA != nil {
+		return "https://" + m.Endpoint
+	}
+	return "http://" + m.Endpoint
+}
 
-// Client returns a minio-go client authenticated as the root user.
+// Client returns a minio-go client authenticated as the root user (trusting
+// m.CA over HTTPS).
 func (m *MinIO) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(m.Endpoint, &minio.Options{
-		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
-		Secure: false,
-		Region: MinIORegion,
-	})
+	c, err := m.newClient(0)
 	if err != nil {
 		t.Fatalf("create minio client for %s: %v", m.Endpoint, err)
 	}
 	return c
+}
+
+// newClient returns a root client; maxRetries 0 keeps minio-go's default.
+func (m *MinIO) newClient(maxRetries int) (*minio.Client, error) {
+	return minio.New(m.Endpoint, &minio.Options{
+		Creds:      credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure:     m.CA != nil,
+		Region:     MinIORegion,
+		Transport:  m.transport(),
+		MaxRetries: maxRetries,
+	})
+}
+
+// transport is an HTTP transport that trusts m.CA only, or the default one
+// for plain HTTP.
+func (m *MinIO) transport() http.RoundTripper {
+	if m.CA == nil {
+		return http.DefaultTransport
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone() //nolint:forcetypeassert
+	tr.TLSClientConfig = &tls.Config{RootCAs: m.CA.Pool(), MinVersion: tls.VersionTLS12}
+	return tr
+}
+
+// writeCerts makes the CA and the server's certificate, and writes them
+// where MinIO reads them: public.crt and private.key in --certs-dir.
+func (m *MinIO) writeCerts(t testing.TB) {
+	t.Helper()
+	m.CA = NewCA(t)
+	certPEM, keyPEM := m.CA.ServerCert(t)
+	dir := filepath.Join(m.homeDir, "certs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m.CAFile = filepath.Join(m.homeDir, "ca.pem")
+	for name, data := range map[string][]byte{
+		filepath.Join(dir, "public.crt"):  certPEM,
+		filepath.Join(dir, "private.key"): keyPEM,
+		m.CAFile:                          m.CA.PEM,
+	} {
+		if err := os.WriteFile(name, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // MakeBucket creates the bucket name.
@@ -138,14 +210,19 @@ func (m *MinIO) MakeBucket(t testing.TB, name string) {
 
 // KopiaS3Flags returns the flags of `kopia repository create s3` and
 // `kopia repository connect s3` that address bucket and prefix on this
-// server, for use with KopiaCLI.
+// server, for use with KopiaCLI: --disable-tls for plain HTTP, the CA file
+// for HTTPS.
 func (m *MinIO) KopiaS3Flags(bucket, prefix string) []string {
+	tlsFlag := "--disable-tls"
+	if m.CA != nil {
+		tlsFlag = "--root-ca-pem-path=" + m.CAFile
+	}
 	return []string{
 		"--bucket=" + bucket,
 		"--prefix=" + prefix,
 		"--endpoint=" + m.Endpoint,
 		"--region=" + MinIORegion,
-		"--disable-tls",
+		tlsFlag,
 		"--access-key=" + m.AccessKey,
 		"--secret-access-key=" + m.SecretKey,
 	}
@@ -191,12 +268,8 @@ func (m *MinIO) start() error {
 // XMinioServerNotInitialized, so an authenticated ListBuckets must succeed
 // too; otherwise the first request of a test fails now and then.
 func (m *MinIO) waitReady(p *minioProcess) error {
-	httpClient := &http.Client{Timeout: 2 * time.Second}
-	s3, err := minio.New(m.Endpoint, &minio.Options{
-		Creds:      credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
-		Region:     MinIORegion,
-		MaxRetries: 1,
-	})
+	httpClient := &http.Client{Timeout: 2 * time.Second, Transport: m.transport()}
+	s3, err := m.newClient(1)
 	if err != nil {
 		return fmt.Errorf("create minio client: %w", err)
 	}
