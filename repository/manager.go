@@ -55,6 +55,11 @@ type Options struct {
 	// Now is the clock used for kopia (repo.Options.TimeNowFunc) and for
 	// ownership decisions; default time.Now.
 	Now func() time.Time
+	// NoCache connects without kopia's local cache (contents, metadata,
+	// indexes, own writes): every open reads what it needs from the
+	// storage. It applies when a connection is made (the first open of a
+	// repository in this state directory, or after its storage changed).
+	NoCache bool
 }
 
 // Manager opens and maintains a set of repositories. It is safe for
@@ -384,6 +389,10 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 			ContentCacheSizeBytes:  64 << 20,
 			MetadataCacheSizeBytes: 256 << 20,
 		},
+	}
+	if m.opts.NoCache {
+		// A zero content cache size turns every cache off (repo.Connect).
+		opts.CachingOptions = content.CachingOptions{}
 	}
 
 	err = repo.Connect(ctx, m.configFile(spec.Name), st, password, opts)

@@ -78,4 +78,19 @@ step staticcheck "$KOPIA_MAINTD_TOOLS/staticcheck" ./...
 # still what those tests exercise.
 step test go test -race -tags testing -count=1 -timeout "$TEST_TIMEOUT" ./...
 
+# The safety soaks at full size (10 seeds of 30 virtual days; the race run
+# above does a week of two seeds): without -race, which would make them ten
+# times slower without finding more. Their kopia caches and state go to
+# memory when /dev/shm is there.
+soak() {
+  local tmp=${TMPDIR:-/tmp}
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    tmp=$(mktemp -d /dev/shm/kopia-maintd-soak.XXXXXX) || return 1
+    # shellcheck disable=SC2064
+    trap "rm -rf '$tmp'" RETURN
+  fi
+  TMPDIR=$tmp go test -tags testing -count=1 -timeout "$TEST_TIMEOUT" -run 'Soak' ./repository
+}
+step soak soak
+
 summary
