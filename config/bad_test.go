@@ -146,7 +146,7 @@ func badConfigs() map[string][]string {
 		},
 		"password-file-unreadable.yaml": {
 			`repositories[0].passwordFile: open {{testdata}}/no-such.password: no such file or directory`,
-			`repositories[1].passwordFile: read {{testdata}}: is a directory`,
+			`repositories[1].passwordFile: {{testdata}} is a directory, not a regular file`,
 			`repositories[2].passwordFile: file {{testdata}}/empty.password is empty`,
 		},
 		"password-none.yaml": {

@@ -20,7 +20,6 @@ package config
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -232,7 +231,7 @@ type S3 struct {
 // resolving relative paths against the file's directory. A file that cannot
 // be read yields a plain wrapped error; an invalid one yields an *Error.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config file: %w", err)
 	}

@@ -325,14 +325,20 @@ func checkCron(spec, path string, p *problems) {
 }
 
 // parseCron wraps cron.ParseStandard, which panics on a time zone prefix not
-// followed by a space (e.g. "CRON_TZ=UTC"), robfig/cron v3.0.1.
-func parseCron(spec string) error {
+// followed by a space (e.g. "CRON_TZ=UTC"), robfig/cron v3.0.1; any other
+// panic of it is an error too.
+func parseCron(spec string) (err error) {
 	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
 		if !strings.Contains(spec, " ") {
 			return fmt.Errorf("missing schedule after time zone")
 		}
 	}
-	_, err := cron.ParseStandard(spec)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	_, err = cron.ParseStandard(spec)
 	return err
 }
 
@@ -367,7 +373,7 @@ func checkWebConfig(file, path string, p *problems) {
 	if file == "" {
 		return
 	}
-	if _, err := os.ReadFile(file); err != nil {
+	if _, err := readFile(file); err != nil {
 		p.add(path, "%s", err)
 		return
 	}

@@ -112,8 +112,16 @@ func (c compiled) nextWindow(after time.Time) time.Time {
 // parseSpec parses a cron spec. An `@every d` spec fires at the multiples of d since the Unix
 // epoch rather than d after whenever the process started: replicas sharing a configuration, and
 // a daemon before and after a restart, then agree on its slots.
-func parseSpec(spec string) (cron.Schedule, error) {
-	sched, err := cron.ParseStandard(spec)
+//
+// robfig/cron v3.0.1 panics on some specs (a time zone prefix with nothing after it, "TZ="): a
+// panic is returned as an error, so no configuration can crash the scheduler.
+func parseSpec(spec string) (sched cron.Schedule, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			sched, err = nil, fmt.Errorf("invalid cron spec: %v", r)
+		}
+	}()
+	sched, err = cron.ParseStandard(spec)
 	if err != nil {
 		return nil, err
 	}

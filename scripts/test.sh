@@ -93,4 +93,17 @@ soak() {
 }
 step soak soak
 
+# Bounded fuzzing of what reads untrusted input: the configuration loader,
+# the cron and jitter computation, the AWS credentials-file parser and the
+# safety=none gate's decision. Their committed corpora (testdata/fuzz) also
+# run as plain tests in the test step. KOPIA_MAINTD_FUZZTIME lengthens it.
+fuzz() {
+  local t=${KOPIA_MAINTD_FUZZTIME:-15s} rc=0 target
+  for target in ./cmd/kopia-maintd:FuzzConfig ./scheduler:FuzzNextTimes ./velero:FuzzParseAWSCredentials ./safety:FuzzGateDecision; do
+    go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$t" "${target%%:*}" || rc=1
+  done
+  return $rc
+}
+step fuzz fuzz
+
 summary
