@@ -75,3 +75,28 @@ func (tp *Toxiproxy) SetEnabled(t testing.TB, name string, enabled bool) {
 
 	tp.post(t, "/proxies/"+name, map[string]any{"enabled": enabled})
 }
+
+// ResetPeer makes the proxy reset (TCP RST) every connection after
+// timeoutMs milliseconds of it, and, with timeoutMs 0, at once when data
+// arrives: the connection resets a flaky load balancer gives.
+func (tp *Toxiproxy) ResetPeer(t testing.TB, name string, timeoutMs int) {
+	t.Helper()
+
+	tp.post(t, "/proxies/"+name+"/toxics", map[string]any{
+		"name": "reset", "type": "reset_peer", "stream": "upstream",
+		"attributes": map[string]any{"timeout": timeoutMs},
+	})
+}
+
+// RemoveToxic removes the toxic named name ("latency", "reset") from the
+// proxy.
+func (tp *Toxiproxy) RemoveToxic(t testing.TB, proxy, name string) {
+	t.Helper()
+
+	req, err := http.NewRequest(http.MethodDelete, tp.api+"/proxies/"+proxy+"/toxics/"+name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	httpDo(t, req).Body.Close()
+}
