@@ -119,4 +119,6 @@ func ObserveReport(met ReportMetrics, own *Owners, self, name string, report *re
 	if r := report.Reclaim; r != nil {
 		met.Reclaim(name, metrics.Reclaim{UnreferencedBytes: r.UnreferencedBytes, RetainedBytes: r.RetainedBytes, EligibleAt: r.EligibleAt})
 	}
+
+	observeCompaction(met, name, report)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kopia/kopia/repo"
@@ -223,16 +224,7 @@ func planCompaction(packs []packLive, threshold float64, maxBytes int64) compact
 // a pack whose deleted entries kopia dropped in a rewrite cycle would wait
 // two more days.
 func compactionDue(s *maintenance.Schedule) bool {
-	var lastRewrite time.Time
-
-	for _, task := range []maintenance.TaskType{maintenance.TaskRewriteContentsFull, maintenance.TaskRewriteContentsQuick} {
-		for _, r := range s.Runs[task] {
-			if r.Success && r.End.After(lastRewrite) && rewroteSomething(r) {
-				lastRewrite = r.End
-			}
-		}
-	}
-
+	lastRewrite := lastActiveRewrite(s)
 	lastDelete := maxTime(newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsFull]).End, newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsQuick]).End)
 
 	return lastRewrite.IsZero() || !lastDelete.Before(lastRewrite)
@@ -412,4 +404,46 @@ func (r *CompactionResult) fill(packs []packLive, plan compactionPlan) {
 			r.PendingBytes += p.live
 		}
 	}
+}
+
+// Explain says in plain words what the step did in the last full cycle,
+// e.g. "rewrote 3.9 MiB of live data out of 1 pack below live ratio 0.5;
+// 12.0 MiB dead in all packs".
+func (r *CompactionResult) Explain() string {
+	if r == nil {
+		return "not run yet (after the first full cycle)"
+	}
+
+	var b strings.Builder
+
+	switch r.Skipped {
+	case "":
+		fmt.Fprintf(&b, "rewrote %s of live data out of %s below live ratio %v", HumanBytes(r.RewrittenBytes), countPacks(r.SelectedPacks), r.Threshold)
+
+		if r.RetainedBytes > 0 {
+			fmt.Fprintf(&b, " (%s too young to rewrite yet)", HumanBytes(r.RetainedBytes))
+		}
+	case CompactionDisabled:
+		fmt.Fprintf(&b, "off; %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
+	case CompactionRewritePending:
+		fmt.Fprintf(&b, "waiting: the packs the last rewrite emptied must be deleted first (kopia's rewrite/delete alternation); %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
+	default:
+		if r.BelowThreshold > 0 {
+			fmt.Fprintf(&b, "nothing to rewrite yet: %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
+		} else {
+			fmt.Fprintf(&b, "nothing to do: no pack below live ratio %v", r.Threshold)
+		}
+	}
+
+	fmt.Fprintf(&b, "; %s dead in all packs", HumanBytes(r.DeadBytes))
+
+	if r.AwaitingPacks > 0 {
+		fmt.Fprintf(&b, "; %s waiting for kopia to drop deleted entries", countPacks(r.AwaitingPacks))
+	}
+
+	if r.Skipped == "" && r.PendingPacks > 0 {
+		fmt.Fprintf(&b, "; %s (%s of live data) wait for the next cycles: maxBytesPerCycle is %s", countPacks(r.PendingPacks), HumanBytes(r.PendingBytes), HumanBytes(r.MaxBytes))
+	}
+
+	return b.String()
 }

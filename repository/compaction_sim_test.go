@@ -312,13 +312,28 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 	end := s.deletedAt.Add(7 * 24 * time.Hour)
 	target := s.liveBytes * 105 / 100
 
-	var reachedAt time.Time
+	var (
+		reachedAt time.Time
+		// predicted maps a full cycle to when its reclaim explanation said
+		// compaction would have freed the mixed pack.
+		predicted = map[time.Time]time.Time{}
+	)
 
 	s.hourly(end, func(now time.Time, rep *Report) {
 		total := s.st.totalBytes("p")
 
 		if now.Hour() == 0 {
 			t.Logf("%s (D%+.0fh) full cycle: pack bytes %d: %s; compaction %+v", now.Format(time.DateTime), now.Sub(s.deletedAt).Hours(), total, fullSummaries(rep), rep.Compaction)
+
+			if r := rep.Reclaim; r != nil && r.Compaction != nil {
+				t.Logf("  reclaim: %s", r.Explain())
+
+				predicted[now] = r.Compaction.AllEligibleAt
+
+				if r.EligibleAt.IsZero() {
+					t.Errorf("%s: compaction outlook %+v but no EligibleAt: the metric would have no value", now.Format(time.DateTime), r.Compaction)
+				}
+			}
 		}
 
 		if reachedAt.IsZero() && total <= target {
@@ -332,6 +347,18 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 
 	if reachedAt.IsZero() {
 		t.Fatalf("pack bytes %d never fell to within 5 %% of the live %d", s.st.totalBytes("p"), s.liveBytes)
+	}
+
+	// Every prediction made while the mixed pack was there named the full
+	// cycle that then freed it.
+	if len(predicted) == 0 {
+		t.Error("no full cycle explained the mixed pack's dead data as compaction's to free")
+	}
+
+	for at, want := range predicted {
+		if at.Before(reachedAt) && !want.Equal(reachedAt) {
+			t.Errorf("the reclaim explanation of %s predicted the mixed pack gone at %s, it went at %s", at.Format(time.DateTime), want.Format(time.DateTime), reachedAt.Format(time.DateTime))
+		}
 	}
 
 	t.Logf("pack bytes within 5 %% of the live %d at %s, D+%.0fh (end: %d)", s.liveBytes, reachedAt.Format(time.DateTime), reachedAt.Sub(s.deletedAt).Hours(), s.st.totalBytes("p"))

@@ -199,3 +199,42 @@ func TestCompactionDue(t *testing.T) {
 		})
 	}
 }
+
+func TestCompactionResultExplain(t *testing.T) {
+	tests := []struct {
+		r    *CompactionResult
+		want string
+	}{
+		{nil, "not run yet (after the first full cycle)"},
+		{
+			&CompactionResult{Threshold: 0.5, Skipped: CompactionNothingToDo, DeadBytes: 20000},
+			"nothing to do: no pack below live ratio 0.5; 19.5 KiB dead in all packs",
+		},
+		{
+			&CompactionResult{Threshold: 0.5, Skipped: CompactionNothingToDo, BelowThreshold: 1, AwaitingPacks: 1, DeadBytes: 12 << 20},
+			"nothing to rewrite yet: 1 pack below live ratio 0.5; 12.0 MiB dead in all packs; 1 pack waiting for kopia to drop deleted entries",
+		},
+		{
+			&CompactionResult{Threshold: 0.5, SelectedPacks: 1, RewrittenBytes: 4 << 20, DeadBytes: 12 << 20},
+			"rewrote 4.0 MiB of live data out of 1 pack below live ratio 0.5; 12.0 MiB dead in all packs",
+		},
+		{
+			&CompactionResult{Threshold: 0.3, MaxBytes: 2 << 30, SelectedPacks: 200, RewrittenBytes: 2 << 30, RetainedBytes: 1 << 20, PendingPacks: 50, PendingBytes: 600 << 20, DeadBytes: 9 << 30},
+			"rewrote 2.0 GiB of live data out of 200 packs below live ratio 0.3 (1.0 MiB too young to rewrite yet); 9.0 GiB dead in all packs; 50 packs (600.0 MiB of live data) wait for the next cycles: maxBytesPerCycle is 2.0 GiB",
+		},
+		{
+			&CompactionResult{Threshold: 0.5, Skipped: CompactionRewritePending, BelowThreshold: 2, DeadBytes: 1 << 30},
+			"waiting: the packs the last rewrite emptied must be deleted first (kopia's rewrite/delete alternation); 2 packs below live ratio 0.5; 1.0 GiB dead in all packs",
+		},
+		{
+			&CompactionResult{Threshold: 0.5, Skipped: CompactionDisabled, BelowThreshold: 2, DeadBytes: 1 << 30},
+			"off; 2 packs below live ratio 0.5; 1.0 GiB dead in all packs",
+		},
+	}
+
+	for _, tc := range tests {
+		if got := tc.r.Explain(); got != tc.want {
+			t.Errorf("Explain() =\n %q\nwant\n %q", got, tc.want)
+		}
+	}
+}

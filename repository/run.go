@@ -488,7 +488,7 @@ func (m *Manager) inspect(ctx context.Context, s *session, dw repo.DirectReposit
 		unreferenced = taskResult(maintenance.TaskSnapshotGarbageCollection, gc).UnreferencedBytes
 	}
 
-	r, err := computeReclaim(ctx, dw, sched, tracker.recentContents(), unreferenced, req.NextFull, req.FullInterval, m.opts.Now())
+	r, err := computeReclaim(ctx, dw, sched, tracker.recentContents(), unreferenced, req.NextFull, req.FullInterval, m.opts.Now(), s.spec.Compaction, report.Compaction)
 	if err != nil {
 		s.log.Warn("explain reclaim", zap.Error(err))
 		return
