@@ -17,6 +17,8 @@ type CompactionMetrics interface {
 func observeCompaction(met ReportMetrics, name string, report *repository.Report) {
 	if c := report.Compaction; c != nil {
 		if cm, ok := met.(CompactionMetrics); ok {
+			// Off, the step measures nothing (the collector then exports
+			// compaction_enabled only).
 			cm.Compaction(name, metrics.Compaction{
 				Enabled:             c.Skipped != repository.CompactionDisabled,
 				RewrittenBytes:      c.RewrittenBytes,

@@ -264,9 +264,13 @@ func (c *collector) samples() []prometheus.Metric {
 		counter(d.compactionRewritten, st.compactionRewritten, name)
 
 		if c := st.compaction; c != nil {
-			gauge(d.compactionBelow, float64(c.PacksBelowThreshold), name)
-			gauge(d.deadBytes, float64(c.DeadBytes), name)
 			gauge(d.compactionEnabled, boolValue(c.Enabled), name)
+
+			// Off, the step measures nothing.
+			if c.Enabled {
+				gauge(d.compactionBelow, float64(c.PacksBelowThreshold), name)
+				gauge(d.deadBytes, float64(c.DeadBytes), name)
+			}
 		}
 	}
 

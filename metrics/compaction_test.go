@@ -45,11 +45,9 @@ kopia_maintenance_compaction_rewritten_bytes_total{repository="b"} 0
 # HELP kopia_maintenance_compaction_packs_below_threshold Packs whose live data fills less than the compaction live-ratio threshold, at the last full cycle.
 # TYPE kopia_maintenance_compaction_packs_below_threshold gauge
 kopia_maintenance_compaction_packs_below_threshold{repository="a"} 0
-kopia_maintenance_compaction_packs_below_threshold{repository="b"} 3
 # HELP kopia_maintenance_dead_bytes Bytes in packs not referenced by live contents (deleted contents, orphaned packs, pack overhead), at the last full cycle.
 # TYPE kopia_maintenance_dead_bytes gauge
 kopia_maintenance_dead_bytes{repository="a"} 20000
-kopia_maintenance_dead_bytes{repository="b"} 5.36870912e+09
 # HELP kopia_maintenance_compaction_enabled 1 when the compact-live step is on for the repository, as seen by the last full cycle.
 # TYPE kopia_maintenance_compaction_enabled gauge
 kopia_maintenance_compaction_enabled{repository="a"} 1

@@ -322,6 +322,12 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 	res := &CompactionResult{Threshold: cfg.threshold(), MaxBytes: cfg.maxBytes(), Start: dw.Time()}
 	defer func() { res.End = dw.Time() }()
 
+	// Off means off: not even the measurement.
+	if cfg.Disabled {
+		res.Skipped = CompactionDisabled
+		return res, nil
+	}
+
 	packs, err := measurePacks(ctx, dw)
 	if err != nil {
 		return res, err
@@ -336,8 +342,6 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 	}
 
 	switch {
-	case cfg.Disabled:
-		res.Skipped = CompactionDisabled
 	case len(plan.selected) == 0:
 		res.Skipped = CompactionNothingToDo
 	case !compactionDue(sched):
@@ -424,7 +428,7 @@ func (r *CompactionResult) Explain() string {
 			fmt.Fprintf(&b, " (%s too young to rewrite yet)", HumanBytes(r.RetainedBytes))
 		}
 	case CompactionDisabled:
-		fmt.Fprintf(&b, "off; %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
+		return "off"
 	case CompactionRewritePending:
 		fmt.Fprintf(&b, "waiting: the packs the last rewrite emptied must be deleted first (kopia's rewrite/delete alternation); %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
 	default:
