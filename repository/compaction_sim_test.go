@@ -397,7 +397,6 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 			reachedAt = now
 		}
 
-
 	})
 
 	if !fired.Load() {
