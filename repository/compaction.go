@@ -372,7 +372,7 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 		return stats, err
 	})
 	if err != nil {
-		return res, fmt.Errorf("rewrite live contents of %d packs: %w", len(plan.selected), err)
+		return res, fmt.Errorf("rewrite live contents of %s: %w", countPacks(len(plan.selected)), err)
 	}
 
 	log.Info("compact-live rewrote live contents of sparse packs",

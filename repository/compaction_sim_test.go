@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -493,4 +494,90 @@ func TestCompactionReclaimsMixedPackUnderSafetyNone(t *testing.T) {
 			s.verify()
 		})
 	}
+}
+
+// TestCompactionCompletesAfterAnInterruptedStep: the full cycle whose
+// compact-live step rewrites the mixed pack is cancelled in the middle of
+// the step (at its first write of a data pack, as a killed process would
+// stop); the cycle fails, the repository reads back intact, and the next
+// full cycles complete the work: pack bytes fall to the live size one day
+// later than without the interruption.
+func TestCompactionCompletesAfterAnInterruptedStep(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-day simulation")
+	}
+
+	s := newMixedPackSim(t, time.Millisecond, nil)
+	end := s.deletedAt.Add(8 * 24 * time.Hour)
+
+	var (
+		armed       atomic.Bool
+		interrupted time.Time
+		cancel      context.CancelCauseFunc
+	)
+
+	errKilled := errors.New("killed in the compaction step")
+	s.hs.onPut = func(_ context.Context, id blob.ID) error {
+		if strings.HasPrefix(string(id), "p") && armed.CompareAndSwap(true, false) {
+			interrupted = s.clk.Now()
+			cancel(errKilled)
+
+			return errKilled
+		}
+
+		return nil
+	}
+
+	var reachedAt time.Time
+
+	for now := s.clk.Now().Truncate(time.Hour).Add(time.Hour); !now.After(end); now = now.Add(time.Hour) {
+		s.clk.Set(now)
+
+		cycle := Quick
+		if now.Hour() == 0 {
+			cycle = Full
+		}
+
+		var ctx context.Context
+		ctx, cancel = context.WithCancelCause(context.Background())
+
+		rep, err := s.m.Run(ctx, testLease(t, "r"), "r", RunRequest{
+			Cycle: cycle, NextQuick: now.Add(time.Hour), NextFull: now.Truncate(24 * time.Hour).Add(24 * time.Hour),
+			QuickInterval: time.Hour, FullInterval: 24 * time.Hour,
+		})
+		cancel(nil)
+
+		switch {
+		case err != nil && !interrupted.IsZero() && now.Equal(interrupted.Truncate(time.Hour)):
+			t.Logf("%s: the full cycle failed as interrupted: %v", now.Format(time.DateTime), err)
+			// The repository is intact right after the interruption.
+			s.verify()
+		case err != nil:
+			t.Fatalf("%s: %s cycle: %v", now.Format(time.DateTime), cycle, err)
+		case cycle == Full:
+			t.Logf("%s (D%+.0fh) full cycle: pack bytes %d; compaction %s", now.Format(time.DateTime), now.Sub(s.deletedAt).Hours(), s.st.totalBytes("p"), rep.Compaction.Explain())
+
+			// Arm for the cycle predicted to compact (the one before the
+			// predicted deletion).
+			if r := rep.Reclaim; interrupted.IsZero() && r != nil && r.Compaction != nil && r.Compaction.AllEligibleAt.Equal(now.Add(48*time.Hour)) {
+				armed.Store(true)
+			}
+		}
+
+		if reachedAt.IsZero() && s.st.totalBytes("p") <= s.liveBytes*105/100 {
+			reachedAt = now
+		}
+	}
+
+	if interrupted.IsZero() {
+		t.Fatal("the compaction step was never interrupted")
+	}
+
+	if reachedAt.IsZero() {
+		t.Fatalf("pack bytes %d never fell to within 5 %% of the live %d after the interruption", s.st.totalBytes("p"), s.liveBytes)
+	}
+
+	t.Logf("interrupted at %s; pack bytes within 5 %% of the live %d at %s (D+%.0fh)", interrupted.Format(time.DateTime), s.liveBytes, reachedAt.Format(time.DateTime), reachedAt.Sub(s.deletedAt).Hours())
+
+	s.verify()
 }
