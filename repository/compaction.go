@@ -167,8 +167,11 @@ type compactionPlan struct {
 // drop-deleted-content step could drop them: the gap would reopen every
 // other cycle. Once kopia has dropped the deleted entries (two snapshot GCs
 // after the marking), the pack holds only live entries; after compaction it
-// holds none, and kopia's full rewrite never looks at it again.
-func planCompaction(packs []packLive, threshold float64, maxBytes int64) compactionPlan {
+// holds none, and kopia's full rewrite never looks at it again. The
+// exception: deleted entries of at least shortLimit (kopia's short-pack
+// limit, 60 % of the maximum pack size) leave a remainder kopia does not
+// count as short, so it never rewrites it and drops the entries on time.
+func planCompaction(packs []packLive, threshold float64, maxBytes, shortLimit int64) compactionPlan {
 	var plan compactionPlan
 
 	for _, p := range packs {
@@ -176,7 +179,7 @@ func planCompaction(packs []packLive, threshold float64, maxBytes int64) compact
 
 		switch {
 		case p.live == 0 || p.ratio() >= threshold || p.length-p.live < compactionMinDeadBytes:
-		case p.deleted > 0:
+		case p.deleted > 0 && p.deleted < shortLimit:
 			plan.awaiting = append(plan.awaiting, p)
 		default:
 			plan.below = append(plan.below, p)
@@ -208,6 +211,10 @@ func planCompaction(packs []packLive, threshold float64, maxBytes int64) compact
 
 	return plan
 }
+
+// shortPackLimit is the total indexed size under which kopia's full rewrite
+// treats a pack as short (repo/maintenance content_rewrite.go).
+func shortPackLimit(maxPackSize int) int64 { return int64(maxPackSize) * 60 / 100 }
 
 // compactionDue reports whether a rewrite may start now: not while packs
 // orphaned by the last rewrite (full or quick, kopia's or ours) wait for the
@@ -333,7 +340,12 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 		return res, err
 	}
 
-	plan := planCompaction(packs, res.Threshold, res.MaxBytes)
+	mp, err := dw.ContentReader().ContentFormat().GetMutableParameters(ctx)
+	if err != nil {
+		return res, fmt.Errorf("read pack size: %w", err)
+	}
+
+	plan := planCompaction(packs, res.Threshold, res.MaxBytes, shortPackLimit(mp.MaxPackSize))
 	res.fill(packs, plan)
 
 	sched, err := maintenance.GetSchedule(ctx, dw)

@@ -127,7 +127,7 @@ func BenchmarkCompactionMeasure100k(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		_ = planCompaction(packs, DefaultLiveRatioThreshold, DefaultCompactionMaxBytes)
+		_ = planCompaction(packs, DefaultLiveRatioThreshold, DefaultCompactionMaxBytes, shortPackLimit(20<<20))
 		measureTime += time.Since(start)
 	}
 

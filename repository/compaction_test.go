@@ -41,9 +41,15 @@ func TestPlanCompaction(t *testing.T) {
 		},
 		{
 			name:      "a mixed pack still holding deleted entries waits for the drop",
-			packs:     []packLive{pack("p1", 16*mib, 4*mib, 12*mib)},
+			packs:     []packLive{pack("p1", 15*mib, 4*mib, 11*mib)},
 			threshold: 0.5, maxBytes: 1 << 30,
-			awaiting: 1, dead: 12 * mib,
+			awaiting: 1, dead: 11 * mib,
+		},
+		{
+			name:      "deleted entries that kopia would not count as a short pack need not wait",
+			packs:     []packLive{pack("p1", 20*mib, 6*mib, 14*mib)},
+			threshold: 0.5, maxBytes: 1 << 30,
+			selected: []blob.ID{"p1"}, dead: 14 * mib,
 		},
 		{
 			name:      "packs without live data are kopia's to delete",
@@ -90,7 +96,7 @@ func TestPlanCompaction(t *testing.T) {
 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan := planCompaction(tt.packs, tt.threshold, tt.maxBytes)
+			plan := planCompaction(tt.packs, tt.threshold, tt.maxBytes, shortPackLimit(20*mib))
 
 			var got []blob.ID
 			for _, p := range plan.selected {

@@ -317,7 +317,12 @@ func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *mainte
 	// With compaction the coming cycles alternate differently (its rewrites
 	// count as kopia's), so the retained packs are predicted on the same
 	// replay.
-	if cands := compactionCandidates(packs, cycles, comp.threshold(), safety); len(cands) > 0 {
+	mp, err := dr.ContentReader().ContentFormat().GetMutableParameters(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read pack size: %w", err)
+	}
+
+	if cands := compactionCandidates(packs, cycles, comp.threshold(), shortPackLimit(mp.MaxPackSize), safety); len(cands) > 0 {
 		var gone []time.Time
 		if !comp.Disabled {
 			cycles, gone = simulateWithCompaction(model, times, lastActiveRewrite(sched), cands, comp.maxBytes())

@@ -82,7 +82,7 @@ func dropCycle(p *packState, cycles []cycleOutcome, safety maintenance.SafetyPar
 // over stored length) below threshold and enough dead space. The live
 // bytes here exclude unreferenced contents not yet marked, which the
 // step's own measure still counts as live until snapshot GC marks them.
-func compactionCandidates(packs map[blob.ID]*packState, cycles []cycleOutcome, threshold float64, safety maintenance.SafetyParameters) []compactionCandidate {
+func compactionCandidates(packs map[blob.ID]*packState, cycles []cycleOutcome, threshold float64, shortLimit int64, safety maintenance.SafetyParameters) []compactionCandidate {
 	var out []compactionCandidate
 
 	for id, p := range packs {
@@ -90,7 +90,14 @@ func compactionCandidates(packs map[blob.ID]*packState, cycles []cycleOutcome, t
 			continue
 		}
 
-		out = append(out, compactionCandidate{id: id, length: p.length, live: p.live, readyAt: dropCycle(p, cycles, safety)})
+		ready := dropCycle(p, cycles, safety)
+		if p.unref >= shortLimit && p.pendingMark.IsZero() {
+			// Marked entries kopia will not count as a short pack: the
+			// step need not wait for their drop (planCompaction).
+			ready = 0
+		}
+
+		out = append(out, compactionCandidate{id: id, length: p.length, live: p.live, readyAt: ready})
 	}
 
 	// The step's order: worst live ratio first, then most dead bytes.
