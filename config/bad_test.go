@@ -17,6 +17,16 @@ func badConfigs() map[string][]string {
 		"comments-only.yaml": {
 			`config file is empty`,
 		},
+		"compaction.yaml": {
+			`defaults.compaction.liveRatioThreshold: must be in (0, 1], got 0`,
+			`defaults.compaction.maxBytesPerCycle: must be > 0, got "0GiB"`,
+			`repositories[0].compaction.enabled: expected a boolean (true or false), got "yes"`,
+			`repositories[0].compaction.liveRatioThreshold: must be in (0, 1], got 1.5`,
+			`repositories[0].compaction.maxBytesPerCycle: invalid size "2 gigabytes" (want bytes or a number with a unit such as 512MiB or 2GiB)`,
+			`repositories[1].compaction.liveRatioThreshold: expected a number, got "half"`,
+			`repositories[1].compaction.minDeadBytes: unknown key`,
+			`repositories[1].compaction.maxBytesPerCycle: invalid size "-2GiB" (want bytes or a number with a unit such as 512MiB or 2GiB)`,
+		},
 		"concurrency.yaml": {
 			`concurrency: must be >= 1, got 0`,
 		},
@@ -246,7 +256,7 @@ func badConfigs() map[string][]string {
 		},
 		"velero.yaml": {
 			`safetyNone.windows[0].repositories[1]: invalid repository name "App_2" (must match ^[a-z0-9-]{1,63}$)`,
-			`velero.repositoryDefaults.lease: unknown key (want schedule, ownership or safetyNone; the lease settings are global (lease))`,
+			`velero.repositoryDefaults.lease: unknown key (want schedule, ownership, safetyNone or compaction; the lease settings are global (lease))`,
 			`velero.namespace: invalid namespace name "Velero" (must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)`,
 			`velero.credentialsSecret: invalid Secret name "repo credentials" (must be a DNS-1123 subdomain)`,
 			`velero.cloudCredentialsFile: open {{testdata}}/no-such-credentials: no such file or directory`,

@@ -118,6 +118,8 @@ type Defaults struct {
 	Schedule Schedule
 	// Ownership is the default ownership policy.
 	Ownership Ownership
+	// Compaction is the default compact-live setting.
+	Compaction Compaction
 }
 
 // Schedule says when maintenance cycles run.
@@ -183,6 +185,9 @@ type Repository struct {
 	// SafetyNoneAllowed is resolved: SafetyNone.Allow, unless this
 	// repository opts out with safetyNone.allow: false.
 	SafetyNoneAllowed bool
+	// Compaction is resolved: the defaults with this repository's
+	// overrides.
+	Compaction Compaction
 	// UnsafeWindows is resolved: the cron specs of the SafetyNone.Windows
 	// that apply to this repository, in file order. It is empty when
 	// SafetyNoneAllowed is false, so a window never schedules a cycle on a

@@ -38,8 +38,9 @@ repositories:
 		t.Fatal(err)
 	}
 	defaults := Defaults{
-		Schedule:  Schedule{Quick: "@hourly", Full: "@daily", Jitter: 5 * time.Minute},
-		Ownership: Ownership{Takeover: TakeoverStale, StaleAfter: 48 * time.Hour},
+		Schedule:   Schedule{Quick: "@hourly", Full: "@daily", Jitter: 5 * time.Minute},
+		Ownership:  Ownership{Takeover: TakeoverStale, StaleAfter: 48 * time.Hour},
+		Compaction: Compaction{Enabled: true, LiveRatioThreshold: 0.5, MaxBytesPerCycle: 2 << 30},
 	}
 	want := &Config{
 		Identity:       Identity{Username: "maintd", Hostname: "cluster-a"},
@@ -66,7 +67,7 @@ repositories:
 			Namespace:              "velero",
 			CredentialsSecret:      "velero-repo-credentials",
 			CloudCredentialsSecret: "cloud-credentials",
-			RepositoryDefaults:     VeleroRepositoryDefaults{Schedule: defaults.Schedule, Ownership: defaults.Ownership},
+			RepositoryDefaults:     VeleroRepositoryDefaults{Schedule: defaults.Schedule, Ownership: defaults.Ownership, Compaction: defaults.Compaction},
 		},
 		Defaults: defaults,
 		Repositories: []Repository{{
@@ -75,6 +76,7 @@ repositories:
 			PasswordFile: filepath.Join(dir, "pw"),
 			Schedule:     defaults.Schedule,
 			Ownership:    defaults.Ownership,
+			Compaction:   defaults.Compaction,
 		}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -125,8 +127,9 @@ repositories:
 		t.Errorf("top-level settings not applied: %+v", cfg)
 	}
 	wantDefaults := Defaults{
-		Schedule:  Schedule{Quick: "*/30 * * * *", Full: "@daily", Jitter: 0},
-		Ownership: Ownership{Takeover: TakeoverIfUnowned, StaleAfter: 48 * time.Hour, HandBackOnExit: true},
+		Schedule:   Schedule{Quick: "*/30 * * * *", Full: "@daily", Jitter: 0},
+		Ownership:  Ownership{Takeover: TakeoverIfUnowned, StaleAfter: 48 * time.Hour, HandBackOnExit: true},
+		Compaction: Compaction{Enabled: true, LiveRatioThreshold: 0.5, MaxBytesPerCycle: 2 << 30},
 	}
 	if cfg.Defaults != wantDefaults {
 		t.Errorf("Defaults = %+v, want %+v", cfg.Defaults, wantDefaults)

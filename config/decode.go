@@ -103,8 +103,9 @@ type unknownKeyHinter interface {
 }
 
 type rawDefaults struct {
-	Schedule  rawSchedule  `yaml:"schedule"`
-	Ownership rawOwnership `yaml:"ownership"`
+	Schedule   rawSchedule   `yaml:"schedule"`
+	Ownership  rawOwnership  `yaml:"ownership"`
+	Compaction rawCompaction `yaml:"compaction"`
 }
 
 type rawSchedule struct {
@@ -128,6 +129,7 @@ type rawRepository struct {
 	Schedule     rawSchedule             `yaml:"schedule"`
 	Ownership    rawOwnership            `yaml:"ownership"`
 	SafetyNone   rawRepositorySafetyNone `yaml:"safetyNone"`
+	Compaction   rawCompaction           `yaml:"compaction"`
 }
 
 type rawStorage struct {
@@ -291,6 +293,13 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, p *problems) {
 			return
 		}
 		v.SetInt(int64(i))
+	case reflect.Float64:
+		var f float64
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!float" && n.Tag != "!!int") || n.Decode(&f) != nil {
+			p.fail(path, "expected a number, got %s", describe(n))
+			return
+		}
+		v.SetFloat(f)
 	case reflect.Bool:
 		var b bool
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {

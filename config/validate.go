@@ -78,10 +78,16 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 	builtin := Defaults{
 		Schedule:  Schedule{Quick: DefaultQuickSchedule, Full: DefaultFullSchedule, Jitter: DefaultJitter},
 		Ownership: Ownership{Takeover: DefaultTakeover, StaleAfter: DefaultStaleAfter},
+		Compaction: Compaction{
+			Enabled:            DefaultCompactionEnabled,
+			LiveRatioThreshold: DefaultCompactionLiveRatioThreshold,
+			MaxBytesPerCycle:   DefaultCompactionMaxBytesPerCycle,
+		},
 	}
 	cfg.Defaults = Defaults{
-		Schedule:  resolveSchedule(raw.Defaults.Schedule, builtin.Schedule, "defaults.schedule", p),
-		Ownership: resolveOwnership(raw.Defaults.Ownership, builtin.Ownership, "defaults.ownership", p),
+		Schedule:   resolveSchedule(raw.Defaults.Schedule, builtin.Schedule, "defaults.schedule", p),
+		Ownership:  resolveOwnership(raw.Defaults.Ownership, builtin.Ownership, "defaults.ownership", p),
+		Compaction: resolveCompaction(raw.Defaults.Compaction, builtin.Compaction, "defaults.compaction", p),
 	}
 
 	cfg.Velero = resolveVelero(raw.Velero, cfg.Defaults, dir, p)
@@ -192,6 +198,7 @@ func resolveRepository(raw rawRepository, defaults Defaults, firstIndex map[stri
 	r.PasswordFile, r.PasswordEnv = resolvePassword(raw, dir, path, p)
 	r.Schedule = resolveSchedule(raw.Schedule, defaults.Schedule, path+".schedule", p)
 	r.Ownership = resolveOwnership(raw.Ownership, defaults.Ownership, path+".ownership", p)
+	r.Compaction = resolveCompaction(raw.Compaction, defaults.Compaction, path+".compaction", p)
 	checkRepositorySafetyNone(raw.SafetyNone, path, p)
 	return r
 }

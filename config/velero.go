@@ -55,6 +55,8 @@ type VeleroRepositoryDefaults struct {
 	Schedule Schedule
 	// Ownership is resolved over Defaults.Ownership.
 	Ownership Ownership
+	// Compaction is resolved over Defaults.Compaction.
+	Compaction Compaction
 	// SafetyNoneOptOut is true when velero.repositoryDefaults.safetyNone.allow
 	// is false: no discovered repository may run safety=none.
 	SafetyNoneOptOut bool
@@ -74,10 +76,11 @@ type rawVeleroRepoDefaults struct {
 	Schedule   rawSchedule             `yaml:"schedule"`
 	Ownership  rawOwnership            `yaml:"ownership"`
 	SafetyNone rawRepositorySafetyNone `yaml:"safetyNone"`
+	Compaction rawCompaction           `yaml:"compaction"`
 }
 
 func (*rawVeleroRepoDefaults) unknownKeyHint() string {
-	return "want schedule, ownership or safetyNone; the lease settings are global (lease)"
+	return "want schedule, ownership, safetyNone or compaction; the lease settings are global (lease)"
 }
 
 // resolveVelero resolves the velero section over the resolved defaults.
@@ -121,6 +124,7 @@ func resolveVelero(raw rawVelero, defaults Defaults, dir string, p *problems) Ve
 	v.RepositoryDefaults = VeleroRepositoryDefaults{
 		Schedule:         resolveSchedule(rd.Schedule, defaults.Schedule, path+".repositoryDefaults.schedule", p),
 		Ownership:        resolveOwnership(rd.Ownership, defaults.Ownership, path+".repositoryDefaults.ownership", p),
+		Compaction:       resolveCompaction(rd.Compaction, defaults.Compaction, path+".repositoryDefaults.compaction", p),
 		SafetyNoneOptOut: rd.SafetyNone.Allow != nil && !*rd.SafetyNone.Allow,
 	}
 	checkRepositorySafetyNone(rd.SafetyNone, path+".repositoryDefaults", p)
@@ -141,6 +145,7 @@ func (c *Config) DiscoveredRepository(name string, s *S3) Repository {
 		Storage:           Storage{S3: s},
 		Schedule:          d.Schedule,
 		Ownership:         d.Ownership,
+		Compaction:        d.Compaction,
 		SafetyNoneAllowed: c.SafetyNone.Allow && !d.SafetyNoneOptOut,
 	}
 	if r.SafetyNoneAllowed {

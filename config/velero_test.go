@@ -29,6 +29,7 @@ velero:
   repositoryDefaults:
     schedule: {quick: "*/30 * * * *"}
     ownership: {takeover: always, handBackOnExit: true}
+    compaction: {maxBytesPerCycle: 1GiB}
 `), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -43,8 +44,9 @@ velero:
 		CloudCredentialsSecret:     "cloud-credentials",
 		SuppressBuiltinMaintenance: true,
 		RepositoryDefaults: VeleroRepositoryDefaults{
-			Schedule:  Schedule{Quick: "*/30 * * * *", Full: "@daily", Jitter: 10 * time.Minute},
-			Ownership: Ownership{Takeover: TakeoverAlways, StaleAfter: 48 * time.Hour, HandBackOnExit: true},
+			Schedule:   Schedule{Quick: "*/30 * * * *", Full: "@daily", Jitter: 10 * time.Minute},
+			Ownership:  Ownership{Takeover: TakeoverAlways, StaleAfter: 48 * time.Hour, HandBackOnExit: true},
+			Compaction: Compaction{Enabled: true, LiveRatioThreshold: 0.5, MaxBytesPerCycle: 1 << 30},
 		},
 	}
 	if !reflect.DeepEqual(cfg.Velero, want) {

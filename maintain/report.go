@@ -152,5 +152,7 @@ func ObserveReport(met ReportMetrics, own *Owners, self, name string, report *re
 		met.Reclaim(name, metrics.Reclaim{UnreferencedBytes: r.UnreferencedBytes, RetainedBytes: r.RetainedBytes, EligibleAt: r.EligibleAt})
 	}
 
+	observeCompaction(met, name, report)
+
 	return lost
 }

@@ -33,6 +33,7 @@ type descs struct {
 	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
 
 	notMaintained *prometheus.Desc
+	compactionRewritten, compactionBelow, deadBytes, compactionEnabled *prometheus.Desc
 }
 
 func newDescs(info BuildInfo) *descs {
@@ -82,6 +83,11 @@ func newDescs(info BuildInfo) *descs {
 		leaseLosses:       d("lease_losses_total", "Leases on the repository lost while held, by reason (expired, renew-failed, taken).", "repository", "reason"),
 		leaseSkips:        d("lease_skips_total", "Maintenance runs skipped because another process holds the repository's lease.", "repository"),
 
+		compactionRewritten: d("compaction_rewritten_bytes_total", "Live bytes the compact-live step rewrote out of packs mostly holding dead data.", "repository"),
+		compactionBelow:     d("compaction_packs_below_threshold", "Packs whose live data fills less than the compaction live-ratio threshold, at the last full cycle.", "repository"),
+		deadBytes:           d("dead_bytes", "Bytes in packs not referenced by live contents (deleted contents, orphaned packs, pack overhead), at the last full cycle.", "repository"),
+		compactionEnabled:   d("compaction_enabled", "1 when the compact-live step is on for the repository, as seen by the last full cycle.", "repository"),
+
 		buildInfo: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "build_info"),
 			"Build information of kopia-maintd; the value is always 1.", nil,
 			prometheus.Labels{"version": info.Version, "goversion": runtime.Version(), "kopia": info.KopiaVersion}),
@@ -114,6 +120,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.leaseHeld, d.leaseAcquisitions, d.leaseLosses, d.leaseSkips,
 		d.buildInfo, d.reloadOK, d.reloadTimestamp, d.repositories,
 		d.notMaintained,
+		d.compactionRewritten, d.compactionBelow, d.deadBytes, d.compactionEnabled,
 	} {
 		ch <- desc
 	}
@@ -228,7 +235,7 @@ func (c *collector) samples() []prometheus.Metric {
 			gauge(d.unreferenced, float64(r.UnreferencedBytes), name)
 			gauge(d.retained, float64(r.RetainedBytes), name)
 
-			if r.RetainedBytes > 0 && !r.EligibleAt.IsZero() {
+			if (r.RetainedBytes > 0 || r.CompactionBytes > 0) && !r.EligibleAt.IsZero() {
 				gauge(d.eligible, unix(r.EligibleAt), name)
 			}
 		}
@@ -262,6 +269,18 @@ func (c *collector) samples() []prometheus.Metric {
 		}
 
 		counter(d.leaseSkips, st.leaseSkips, name)
+
+		counter(d.compactionRewritten, st.compactionRewritten, name)
+
+		if c := st.compaction; c != nil {
+			gauge(d.compactionEnabled, boolValue(c.Enabled), name)
+
+			// Off, the step measures nothing.
+			if c.Enabled {
+				gauge(d.compactionBelow, float64(c.PacksBelowThreshold), name)
+				gauge(d.deadBytes, float64(c.DeadBytes), name)
+			}
+		}
 	}
 
 	return out

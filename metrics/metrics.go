@@ -112,6 +112,23 @@ type Reclaim struct {
 	// EligibleAt is the earliest time the retained bytes may be deleted;
 	// zero when none are retained.
 	EligibleAt time.Time
+	// CompactionBytes is dead space in packs shared with live data that the
+	// compact-live step will free; with it, EligibleAt also covers the
+	// predicted deletion of the packs compaction empties.
+	CompactionBytes int64
+}
+
+// Compaction is what a full cycle's compact-live step measured and did.
+type Compaction struct {
+	// Enabled is false when the step is off for the repository.
+	Enabled bool
+	// RewrittenBytes is what this cycle's step rewrote.
+	RewrittenBytes int64
+	// PacksBelowThreshold counts packs with live data below the live-ratio
+	// threshold and enough dead space to compact.
+	PacksBelowThreshold int64
+	// DeadBytes is the stored size of all packs minus their live contents.
+	DeadBytes int64
 }
 
 // Metrics holds the daemon's metric state and the registry that exports it.
@@ -151,6 +168,11 @@ type repoState struct {
 	health  *Health
 	reclaim *Reclaim
 	owner   *ownerState
+
+	// compaction is the last compact-live measurement (nil before the
+	// first full cycle); compactionRewritten counts its rewritten bytes.
+	compaction          *Compaction
+	compactionRewritten float64
 
 	ownershipChanges map[string]float64
 	// unsafeRuns counts safety=none runs by result.
@@ -472,6 +494,19 @@ func (m *Metrics) Reclaim(repository string, r Reclaim) {
 
 	if st := m.repo(repository); st != nil {
 		st.reclaim = &r
+	}
+}
+
+// Compaction records a full cycle's compact-live step: the bytes it
+// rewrote are added to compaction_rewritten_bytes_total, the measurement
+// replaces the gauges.
+func (m *Metrics) Compaction(repository string, c Compaction) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if st := m.repo(repository); st != nil {
+		st.compactionRewritten += float64(max(c.RewrittenBytes, 0))
+		st.compaction = &c
 	}
 }
 

@@ -25,6 +25,8 @@ type LiveRun struct {
 type Inspection struct {
 	Health  *Health  `json:"health,omitempty"`
 	Reclaim *Reclaim `json:"reclaim,omitempty"`
+	// Compaction is the last full cycle's compact-live step.
+	Compaction *CompactionResult `json:"compaction,omitempty"`
 }
 
 func (m *Manager) statusFile(name, kind string) string {
@@ -89,6 +91,10 @@ func (m *Manager) saveInspection(name string, r *Report) {
 
 	if r.Reclaim != nil {
 		in.Reclaim = r.Reclaim
+	}
+
+	if r.Compaction != nil {
+		in.Compaction = r.Compaction
 	}
 
 	if err := writeJSON(m.statusFile(name, "inspection"), in, true); err != nil {

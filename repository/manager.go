@@ -42,6 +42,9 @@ type Spec struct {
 	// Create initialises a repository when the storage holds none.
 	Create    bool
 	Ownership Ownership
+	// Compaction configures the compact-live step of full cycles; the zero
+	// value is on with the defaults.
+	Compaction Compaction
 }
 
 // Options configure a Manager.

@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -56,6 +57,10 @@ type Reclaim struct {
 	EligibleCycle int       `json:"eligibleCycle,omitempty"`
 	AllEligibleAt time.Time `json:"allEligibleAt,omitzero"`
 	ComputedAt    time.Time `json:"computedAt"`
+	// Compaction is what the compact-live step will free of SharedBytes
+	// (nil when no mixed pack qualifies). Its deletions count for
+	// EligibleAt and EligibleCycle too.
+	Compaction *CompactionOutlook `json:"compaction,omitempty"`
 
 	// predicted holds each retained pack's predicted deletion (zero: none
 	// within the horizon), for tests that hold kopia to the prediction.
@@ -257,7 +262,10 @@ const reclaimHorizon = 14
 // computeReclaim inspects the index and the pack listing after a full cycle.
 // recent holds the unreferenced contents snapshot GC found too young to mark
 // (from the content log), gcStats the cycle's snapshot GC summary.
-func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *maintenance.Schedule, recent map[string]recentContent, unreferenced int64, nextFull time.Time, fullInterval time.Duration, now time.Time) (*Reclaim, error) {
+//
+// comp is the repository's compaction setting and last the result of the
+// cycle's compact-live step (nil when it did not run).
+func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *maintenance.Schedule, recent map[string]recentContent, unreferenced int64, nextFull time.Time, fullInterval time.Duration, now time.Time, comp Compaction, last *CompactionResult) (*Reclaim, error) {
 	packs := map[blob.ID]*packState{}
 
 	for _, prefix := range content.PackBlobIDPrefixes {
@@ -301,8 +309,27 @@ func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *mainte
 	}
 
 	r := &Reclaim{UnreferencedBytes: unreferenced, ComputedAt: now, predicted: map[blob.ID]packPrediction{}}
-	cycles := modelFromSchedule(sched, safety).simulate(futureFullCycles(nextFull, fullInterval, reclaimHorizon))
+	model := modelFromSchedule(sched, safety)
+	times := futureFullCycles(nextFull, fullInterval, reclaimHorizon)
+	cycles := model.simulate(times)
 	allPredicted := true
+
+	// With compaction the coming cycles alternate differently (its rewrites
+	// count as kopia's), so the retained packs are predicted on the same
+	// replay.
+	mp, err := dr.ContentReader().ContentFormat().GetMutableParameters(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read pack size: %w", err)
+	}
+
+	if cands := compactionCandidates(packs, cycles, comp.threshold(), shortPackLimit(mp.MaxPackSize), safety); len(cands) > 0 {
+		var gone []time.Time
+		if !comp.Disabled {
+			cycles, gone = simulateWithCompaction(model, times, lastActiveRewrite(sched), cands, comp.maxBytes())
+		}
+
+		r.Compaction = compactionOutlook(comp, cands, gone, last)
+	}
 
 	for id, p := range packs {
 		switch {
@@ -342,6 +369,11 @@ func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *mainte
 		r.AllEligibleAt = time.Time{}
 	}
 
+	if c := r.Compaction; c != nil && !c.EligibleAt.IsZero() && (r.EligibleAt.IsZero() || c.EligibleAt.Before(r.EligibleAt)) {
+		r.EligibleAt = c.EligibleAt
+		r.EligibleCycle = slices.IndexFunc(times, c.EligibleAt.Equal) + 1
+	}
+
 	return r, nil
 }
 
@@ -370,7 +402,13 @@ func (r *Reclaim) Explain() string {
 		}
 	}
 
-	if r.SharedBytes > 0 {
+	switch c := r.Compaction; {
+	case c != nil && c.Enabled:
+		b.WriteString("; ")
+		b.WriteString(c.explain())
+	case c != nil:
+		fmt.Fprintf(&b, "; %s is dead space in %s shared with live data, which only compaction frees (compaction is off)", HumanBytes(c.Bytes), countPacks(c.Packs))
+	case r.SharedBytes > 0:
 		fmt.Fprintf(&b, "; %s shares packs with live data and is not freed by deleting packs", HumanBytes(r.SharedBytes))
 	}
 

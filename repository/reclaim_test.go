@@ -282,6 +282,18 @@ func TestReclaimExplain(t *testing.T) {
 			"1.0 MiB unreferenced; 1.0 MiB held by safety margins until 2026-11-23 04:10 UTC (next full cycle), all of it by 2026-11-25 04:10 UTC; 2.0 KiB shares packs with live data and is not freed by deleting packs",
 		},
 		{&Reclaim{UnreferencedBytes: 5000, RetainedBytes: 4096}, "4.9 KiB unreferenced; 4.0 KiB held by safety margins, deletion not predicted within the next 14 full cycles"},
+		{
+			&Reclaim{UnreferencedBytes: 12 << 20, SharedBytes: 12 << 20, Compaction: &CompactionOutlook{Enabled: true, Packs: 1, Bytes: 12 << 20, RewriteBytes: 4 << 20, EligibleAt: at, AllEligibleAt: at}},
+			"12.0 MiB unreferenced; nothing held by safety margins; 12.0 MiB dead in 1 pack shared with live data, freed by compaction (rewriting 4.0 MiB) by 2026-11-23 04:10 UTC",
+		},
+		{
+			&Reclaim{UnreferencedBytes: 0, Compaction: &CompactionOutlook{Enabled: true, Packs: 3, Bytes: 3 << 30, RewriteBytes: 5 << 30, EligibleAt: at, PendingPacks: 2, PendingBytes: 3 << 30}},
+			"0 B unreferenced; nothing held by safety margins; 3.0 GiB dead in 3 packs shared with live data, freed by compaction (rewriting 5.0 GiB), from 2026-11-23 04:10 UTC on; the per-cycle bound (maxBytesPerCycle) left 3.0 GiB of live data in 2 packs for the next cycles",
+		},
+		{
+			&Reclaim{UnreferencedBytes: 12 << 20, SharedBytes: 12 << 20, Compaction: &CompactionOutlook{Packs: 1, Bytes: 12 << 20}},
+			"12.0 MiB unreferenced; nothing held by safety margins; 12.0 MiB is dead space in 1 pack shared with live data, which only compaction frees (compaction is off)",
+		},
 	}
 
 	for _, tc := range tests {

@@ -171,6 +171,10 @@ type Report struct {
 	Health *Health `json:"health,omitempty"`
 	// Reclaim is computed after successful full cycles (nil otherwise).
 	Reclaim *Reclaim `json:"reclaim,omitempty"`
+	// Compaction is what the compact-live step of a full cycle measured
+	// and did (nil for quick cycles and when kopia's tasks failed). Kopia's
+	// run history, and so Tasks, lists its rewrite as full-rewrite-contents.
+	Compaction *CompactionResult `json:"compaction,omitempty"`
 }
 
 // safety is the safety level of every scheduled run: kopia's SafetyFull
@@ -378,7 +382,24 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 					}
 				}
 
-				return maintenance.Run(ctx, rp, params)
+				if err := maintenance.Run(ctx, rp, params); err != nil {
+					return err
+				}
+
+				if rp.Mode != maintenance.ModeFull {
+					return nil
+				}
+
+				// After kopia's own tasks, in the same exclusive section:
+				// free deleted data that shares packs with live data.
+				res, err := compactLive(ctx, dw, s.spec.Compaction, params, s.log)
+				report.Compaction = res
+
+				if err != nil {
+					return fmt.Errorf("%s: %w", TaskCompactLive, err)
+				}
+
+				return nil
 			})
 
 			if ran {
@@ -467,7 +488,7 @@ func (m *Manager) inspect(ctx context.Context, s *session, dw repo.DirectReposit
 		unreferenced = taskResult(maintenance.TaskSnapshotGarbageCollection, gc).UnreferencedBytes
 	}
 
-	r, err := computeReclaim(ctx, dw, sched, tracker.recentContents(), unreferenced, req.NextFull, req.FullInterval, m.opts.Now())
+	r, err := computeReclaim(ctx, dw, sched, tracker.recentContents(), unreferenced, req.NextFull, req.FullInterval, m.opts.Now(), s.spec.Compaction, report.Compaction)
 	if err != nil {
 		s.log.Warn("explain reclaim", zap.Error(err))
 		return

@@ -28,6 +28,9 @@ type Status struct {
 	// Health and Reclaim are what the last run found (nil before any).
 	Health  *Health  `json:"health,omitempty"`
 	Reclaim *Reclaim `json:"reclaim,omitempty"`
+	// Compaction is the last full cycle's compact-live step (nil before
+	// any).
+	Compaction *CompactionResult `json:"compaction,omitempty"`
 }
 
 // Status reads a repository's ownership, schedule and the last run of every
@@ -75,6 +78,7 @@ func (m *Manager) Status(ctx context.Context, name string) (*Status, error) {
 	}
 
 	st.Health, st.Reclaim = in.Health, in.Reclaim
+	st.Compaction = in.Compaction
 
 	for task, runs := range sched.Runs {
 		if len(runs) > 0 {

@@ -204,6 +204,7 @@ func printStatus(w io.Writer, rs repoStatus, now time.Time) {
 	fmt.Fprintf(w, "  last full ok:    %s\n", fmtTime(st.LastFull, now))
 
 	fmt.Fprintf(w, "  reclaim:         %s\n", st.Reclaim.Explain())
+	fmt.Fprintf(w, "  compaction:      %s\n", st.Compaction.Explain())
 
 	if h := st.Health; h != nil {
 		fmt.Fprintf(w, "  health:          %d index blobs, %d session markers, data packs %s, metadata packs %s, indexes %s, other %s\n",

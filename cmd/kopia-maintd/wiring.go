@@ -138,6 +138,11 @@ func specs(cfg *config.Config, src repoSources) ([]repository.Spec, error) {
 				StaleAfter:     r.Ownership.StaleAfter,
 				HandBackOnExit: r.Ownership.HandBackOnExit,
 			},
+			Compaction: repository.Compaction{
+				Disabled:           !r.Compaction.Enabled,
+				LiveRatioThreshold: r.Compaction.LiveRatioThreshold,
+				MaxBytesPerCycle:   r.Compaction.MaxBytesPerCycle,
+			},
 		})
 	}
 
