@@ -187,8 +187,8 @@ func soak(t *testing.T, seed uint64, days int) {
 		// kopia ages its cache files by the wall clock, which hardly moves
 		// in a simulation: nothing cached is ever swept, and every open
 		// scans the growing cache, which makes a 30-day soak several times
-		// slower for no coverage. The first seed keeps the cache.
-		NoCache: seed != 1,
+		// slower for no coverage (the other simulations keep the cache).
+		NoCache: true,
 	}, []Spec{{
 		Name:      "soak",
 		Storage:   CustomStorage(func(context.Context) (blob.Storage, error) { return st, nil }),
@@ -231,8 +231,8 @@ func soak(t *testing.T, seed uint64, days int) {
 	}
 
 	var (
-		runs, fulls int
-		peak        int64
+		runs, fulls, compactions int
+		peak, rewritten          int64
 	)
 
 	end := day0.Add(time.Duration(days) * 24 * time.Hour)
@@ -269,6 +269,11 @@ func soak(t *testing.T, seed uint64, days int) {
 		}
 
 		runs++
+
+		if c := rep.Compaction; c != nil && c.RewrittenBytes > 0 {
+			compactions++
+			rewritten += c.RewrittenBytes
+		}
 
 		peak = max(peak, st.totalBytes("p"))
 
@@ -309,6 +314,14 @@ func soak(t *testing.T, seed uint64, days int) {
 	live, recent := soakBytes(writers, end.Add(-5*24*time.Hour))
 	packs := st.totalBytes("p")
 
-	t.Logf("seed %d: %d days, %d runs (%d full), %d live snapshots read back intact, %d deleted; pack bytes %d (peak %d), live data %d, data deleted in the last 5 days %d, pack bytes over live + recent %.2f",
-		seed, days, runs, fulls, snapshots, deletions, packs, peak, live, recent, float64(packs)/float64(live+recent))
+	t.Logf("seed %d: %d days, %d runs (%d full), %d live snapshots read back intact, %d deleted; compaction rewrote %d bytes in %d cycles; pack bytes %d (peak %d), live data %d, data deleted in the last 5 days %d, pack bytes over live + recent %.2f",
+		seed, days, runs, fulls, snapshots, deletions, rewritten, compactions, packs, peak, live, recent, float64(packs)/float64(live+recent))
+
+	// Reported, not asserted: what is stored beyond the live data and what
+	// SafetyFull's margins may still hold. With compaction the ratio is
+	// 1.6 to 3.1 over ten seeds of 30 days (2.1 to 2.8 without). Why it
+	// stays well above 1 is not established yet; the suspects are packs
+	// whose live share is above the threshold, which compaction leaves
+	// alone, and kopia's own short-pack rewrites, which copy deleted
+	// contents with fresh timestamps.
 }
