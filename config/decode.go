@@ -53,6 +53,7 @@ type rawLease struct {
 	Duration       *string            `yaml:"duration"`
 	RenewInterval  *string            `yaml:"renewInterval"`
 	HolderIdentity *string            `yaml:"holderIdentity"`
+	SpreadStep     *string            `yaml:"spreadStep"`
 	Kubernetes     rawLeaseKubernetes `yaml:"kubernetes"`
 	Repository     rawLeaseRepository `yaml:"repository"`
 }

@@ -92,6 +92,12 @@ func TestLeaseSettleDefault(t *testing.T) {
 	}
 }
 
+func TestLeaseSpreadStepDefault(t *testing.T) {
+	if got := mustParseLease(t, "").SpreadStep; got != time.Second {
+		t.Errorf("spreadStep %v, want 1s", got)
+	}
+}
+
 func TestLeaseKeys(t *testing.T) {
 	got := mustParseLease(t, `
 lease:
@@ -104,6 +110,7 @@ lease:
     namePrefix: maint.
   repository:
     settle: 2500ms
+  spreadStep: 0s
 `)
 	want := Lease{
 		Kind:           LeaseKindKubernetes,
@@ -112,6 +119,7 @@ lease:
 		HolderIdentity: "kopia-maintd-0.velero",
 		Kubernetes:     LeaseKubernetes{Namespace: "backup", NamePrefix: "maint."},
 		Repository:     LeaseRepository{Settle: 2500 * time.Millisecond},
+		SpreadStep:     0,
 	}
 	if got != want {
 		t.Errorf("Lease = %+v\nwant    %+v", got, want)
