@@ -251,7 +251,7 @@ const (
 func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cycle string, logw io.Writer, logf func(string, ...any)) (*Pair, error) {
 	name := "many-" + cycle
 	pr := &Pair{Name: name, Wants: "A total wall and CPU <= B / 5",
-		Note: fmt.Sprintf("%s cycles over %d repositories: one `kopia-maintd run` process, concurrency 1 (A) vs %d sequential `kopia maintenance run` processes (B); totals, peak = largest process", cycle, p.Many, p.Many)}
+		Note: fmt.Sprintf("%s cycles over %d repositories: one `kopia-maintd run` process, concurrency 1, lease.spreadStep %s (A) vs %d sequential `kopia maintenance run` processes (B); totals, peak = largest process", cycle, p.Many, p.SpreadStep, p.Many)}
 	if wait := time.Until(ref.SmallMaintained.Add(dueAfter)); wait > 0 {
 		logf("%s: waiting %s until the reference run history is older than the schedule", name, wait.Round(time.Second))
 		select {
@@ -285,7 +285,7 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 				if err := os.RemoveAll(ddir); err != nil {
 					return pr, err
 				}
-				cfg, err := writeDaemonConfig(ddir, listen, quick, full, 1, repos, "")
+				cfg, err := writeDaemonConfig(ddir, listen, quick, full, 1, repos, p.SpreadStep)
 				if err != nil {
 					return pr, err
 				}

@@ -23,7 +23,7 @@ type daemonRepo struct {
 
 // writeDaemonConfig writes a kopia-maintd config for repos with the given
 // schedules and returns its path.
-func writeDaemonConfig(dir, listen, quick, full string, concurrency int, repos []daemonRepo, extra string) (string, error) {
+func writeDaemonConfig(dir, listen, quick, full string, concurrency int, repos []daemonRepo, spreadStep string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "identity:\n  username: %s\n  hostname: %s\n", benchUser, benchHost)
 	fmt.Fprintf(&b, "stateDirectory: %s\n", filepath.Join(dir, "state"))
@@ -31,8 +31,10 @@ func writeDaemonConfig(dir, listen, quick, full string, concurrency int, repos [
 	fmt.Fprintf(&b, "server:\n  listenAddress: %s\n", listen)
 	fmt.Fprintf(&b, "log:\n  level: info\n  format: json\n")
 	fmt.Fprintf(&b, "lease:\n  kind: repository\n")
+	if spreadStep != "" {
+		fmt.Fprintf(&b, "  spreadStep: %s\n", spreadStep)
+	}
 	fmt.Fprintf(&b, "defaults:\n  schedule:\n    quick: %q\n    full: %q\n    jitter: 0s\n  ownership:\n    takeover: if-unowned\n", quick, full)
-	b.WriteString(extra)
 	b.WriteString("repositories:\n")
 	for _, r := range repos {
 		fmt.Fprintf(&b, "  - name: %s\n    passwordEnv: KOPIA_PASSWORD\n    storage:\n", r.name)

@@ -42,6 +42,7 @@ type Params struct {
 	IdleWindow     time.Duration // comparison 3
 	Scrapes        int           // comparison 4
 	Only           map[string]bool
+	SpreadStep     string // lease.spreadStep of the daemon in comparison 2
 }
 
 func main() { os.Exit(run1()) }
@@ -56,6 +57,7 @@ func run1() int {
 	minioBin := flag.String("minio", "", "minio binary")
 	kopiaVersion := flag.String("kopia-version", "v0.22.3", "version of -kopia, part of the cache key")
 	pairs := flag.Int("pairs", 0, "A B pairs per comparison (default 3, 1 with -quick)")
+	spread := flag.String("spread-step", "0s", "lease.spreadStep of the daemon in comparison 2 (the daemon's default is 1s)")
 	only := flag.String("only", "large-fs,large-s3,many-quick,many-full,idle", "comparisons to run, comma separated")
 	flag.Parse()
 
@@ -69,6 +71,7 @@ func run1() int {
 		IdleWindow:     5 * time.Minute,
 		Scrapes:        100,
 		Only:           map[string]bool{},
+		SpreadStep:     *spread,
 	}
 	if *quick {
 		p.Pairs = 1
