@@ -101,6 +101,9 @@ func badConfigs() map[string][]string {
 			`lease.repository.delay: unknown key`,
 			`lease.repository.settle: must be > 0, got "0s"`,
 		},
+		"maintenance-list-parallelism.yaml": {
+			`maintenance.listParallelism: must be >= 0, got -1`,
+		},
 		"lease-spread-step.yaml": {
 			`lease.spreadStep: must be between 0s and 10s, got "11s"`,
 		},

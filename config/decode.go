@@ -27,9 +27,14 @@ type rawConfig struct {
 	Kubernetes     rawKubernetes   `yaml:"kubernetes"`
 	SafetyNone     rawSafetyNone   `yaml:"safetyNone"`
 	Lease          rawLease        `yaml:"lease"`
+	Maintenance    rawMaintenance  `yaml:"maintenance"`
 	Defaults       rawDefaults     `yaml:"defaults"`
 	Velero         rawVelero       `yaml:"velero"`
 	Repositories   []rawRepository `yaml:"repositories"`
+}
+
+type rawMaintenance struct {
+	ListParallelism *int `yaml:"listParallelism"`
 }
 
 type rawIdentity struct {

@@ -98,6 +98,16 @@ func TestLeaseSpreadStepDefault(t *testing.T) {
 	}
 }
 
+func TestMaintenanceListParallelism(t *testing.T) {
+	cfg, err := parseLease(t, "maintenance: {listParallelism: 4}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Maintenance.ListParallelism; got != 4 {
+		t.Errorf("maintenance.listParallelism = %d, want 4", got)
+	}
+}
+
 func TestLeaseKeys(t *testing.T) {
 	got := mustParseLease(t, `
 lease:
