@@ -79,7 +79,7 @@ func bench(ctx context.Context, p Params, tools Tools, logf func(string, ...any)
 			return res, err
 		}
 	}
-	for _, c := range []string{"quick", "full"} {
+	for _, c := range []string{"quick", "full", "quick-steady"} {
 		if !p.Only["many-"+c] {
 			continue
 		}
@@ -248,10 +248,23 @@ const (
 
 // compareMany is comparison 2: the daemon maintaining Many repositories in
 // one process against one kopia process per repository.
+//
+// cycle quick-steady is the steady state of both models: quick cycles, the
+// daemon starting with the connections of an earlier start in its state
+// directory (kopia's caches removed), against a Velero-like Job per
+// repository that must connect first (a new pod has no connection), both
+// processes measured.
 func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cycle string, logw io.Writer, logf func(string, ...any)) (*Pair, error) {
 	name := "many-" + cycle
+	steady := cycle == "quick-steady"
+	if steady {
+		cycle = "quick"
+	}
 	pr := &Pair{Name: name, Wants: "A total wall and CPU <= B / 5",
 		Note: fmt.Sprintf("%s cycles over %d repositories: one `kopia-maintd run` process, concurrency 1, lease.spreadStep %s (A) vs %d sequential `kopia maintenance run` processes (B); totals, peak = largest process", cycle, p.Many, p.SpreadStep, p.Many)}
+	if steady {
+		pr.Note = fmt.Sprintf("steady state, quick cycles over %d repositories: one `kopia-maintd run` process, concurrency 1, lease.spreadStep %s, started with the connections of an earlier start (A) vs %d sequential `kopia repository connect` + `kopia maintenance run` pairs, as a new Job pod does (B); totals", p.Many, p.SpreadStep, p.Many)
+	}
 	if wait := time.Until(ref.SmallMaintained.Add(dueAfter)); wait > 0 {
 		logf("%s: waiting %s until the reference run history is older than the schedule", name, wait.Round(time.Second))
 		select {
@@ -269,6 +282,35 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 	work := filepath.Join(p.Work, name)
 	dir := filepath.Join(work, "repos")
 	var clis []*kopiaCLI
+	savedState := ""
+	if steady {
+		// One unmeasured start makes the connections that the measured
+		// starts inherit.
+		repos, err := manyRepos(ctx, ref, dir, p.Many)
+		if err != nil {
+			return pr, err
+		}
+		listen, err := freeAddr()
+		if err != nil {
+			return pr, err
+		}
+		prep := filepath.Join(work, "prep")
+		cfg, err := writeDaemonConfig(prep, listen, quick, full, 1, repos, p.SpreadStep)
+		if err != nil {
+			return pr, err
+		}
+		logf("%s: one unmeasured start of the daemon to make its connections", name)
+		if _, err := runDaemonUntil(ctx, tools.Daemon, cfg, len(repos), 60*time.Minute, logw); err != nil {
+			return pr, fmt.Errorf("%s preparation: %w", name, err)
+		}
+		savedState = filepath.Join(prep, "state")
+		caches, _ := filepath.Glob(filepath.Join(savedState, "repositories", "*", "cache"))
+		for _, c := range caches {
+			if err := os.RemoveAll(c); err != nil {
+				return pr, err
+			}
+		}
+	}
 	for i := 0; i < p.Pairs; i++ {
 		for _, side := range []string{"A", "B"} {
 			repos, err := manyRepos(ctx, ref, dir, p.Many)
@@ -289,9 +331,36 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 				if err != nil {
 					return pr, err
 				}
+				if savedState != "" {
+					if err := copyTree(ctx, savedState, filepath.Join(ddir, "state")); err != nil {
+						return pr, err
+					}
+				}
 				s, err = runDaemonUntil(ctx, tools.Daemon, cfg, len(repos), 60*time.Minute, logw)
 				if err != nil {
 					return pr, fmt.Errorf("%s side A: %w", name, err)
+				}
+			} else if steady {
+				for _, r := range repos {
+					// A new pod: no connection, no cache.
+					dir := filepath.Join(work, "cli", r.name)
+					if err := os.RemoveAll(dir); err != nil {
+						return pr, err
+					}
+					cli, err := newCLI(tools.Kopia, dir)
+					if err != nil {
+						return pr, err
+					}
+					connect, err := measure(cli.command(append([]string{"repository", "connect", "filesystem", "--path=" + r.path, "--cache-directory=" + cli.cacheDir()}, identityFlags()...)...), logw)
+					if err != nil {
+						return pr, fmt.Errorf("%s side B: %w", name, err)
+					}
+					one, err := measure(cli.command(cliArgs...), logw)
+					if err != nil {
+						return pr, fmt.Errorf("%s side B: %w", name, err)
+					}
+					s.add(connect)
+					s.add(one)
 				}
 			} else {
 				if clis == nil {

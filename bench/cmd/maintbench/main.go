@@ -58,7 +58,7 @@ func run1() int {
 	kopiaVersion := flag.String("kopia-version", "v0.22.3", "version of -kopia, part of the cache key")
 	pairs := flag.Int("pairs", 0, "A B pairs per comparison (default 3, 1 with -quick)")
 	spread := flag.String("spread-step", "0s", "lease.spreadStep of the daemon in comparison 2 (the daemon's default is 1s)")
-	only := flag.String("only", "large-fs,large-s3,many-quick,many-full,idle", "comparisons to run, comma separated")
+	only := flag.String("only", "large-fs,large-s3,many-quick,many-full,many-quick-steady,idle", "comparisons to run, comma separated")
 	flag.Parse()
 
 	p := Params{
