@@ -111,6 +111,12 @@ func badConfigs() map[string][]string {
 			`lease.repository.delay: unknown key`,
 			`lease.repository.settle: must be > 0, got "0s"`,
 		},
+		"maintenance-list-parallelism.yaml": {
+			`maintenance.listParallelism: must be >= 0, got -1`,
+		},
+		"lease-spread-step.yaml": {
+			`lease.spreadStep: must be between 0s and 10s, got "11s"`,
+		},
 		"lease-renew-interval.yaml": {
 			`lease.renewInterval: must be less than half of lease.duration (30s), so that a renewal may fail once and the next is still in time, got "30s"`,
 		},

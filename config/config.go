@@ -63,6 +63,8 @@ type Config struct {
 	// Lease configures the per-repository leases that keep every
 	// repository maintained by at most one process at a time.
 	Lease Lease
+	// Maintenance tunes kopia's maintenance in this process.
+	Maintenance Maintenance
 	// Velero configures the discovery of Velero's kopia repositories and
 	// the coexistence with Velero's own maintenance.
 	Velero Velero
@@ -73,6 +75,15 @@ type Config struct {
 	// unique names, in file order: at least one, unless Velero.Discover
 	// is on (discovered repositories are not in it).
 	Repositories []Repository
+}
+
+// Maintenance tunes kopia's maintenance runs of this process.
+type Maintenance struct {
+	// ListParallelism, when > 0, caps the concurrent blob listings and
+	// deletions of kopia's delete-unreferenced-blobs tasks (kopia's
+	// maintenance param listParallelism; kopia uses 16 when it is 0).
+	// 0 (the default) leaves kopia's value.
+	ListParallelism int
 }
 
 // Identity is a kopia maintenance owner, user@host.

@@ -62,6 +62,7 @@ repositories:
 			HolderIdentityGenerated: true,
 			Kubernetes:              LeaseKubernetes{NamePrefix: "kopia-maintd-"},
 			Repository:              LeaseRepository{Settle: time.Second},
+			SpreadStep:              time.Second,
 		},
 		Velero: Velero{
 			Namespace:              "velero",

@@ -27,9 +27,14 @@ type rawConfig struct {
 	Kubernetes     rawKubernetes   `yaml:"kubernetes"`
 	SafetyNone     rawSafetyNone   `yaml:"safetyNone"`
 	Lease          rawLease        `yaml:"lease"`
+	Maintenance    rawMaintenance  `yaml:"maintenance"`
 	Defaults       rawDefaults     `yaml:"defaults"`
 	Velero         rawVelero       `yaml:"velero"`
 	Repositories   []rawRepository `yaml:"repositories"`
+}
+
+type rawMaintenance struct {
+	ListParallelism *int `yaml:"listParallelism"`
 }
 
 type rawIdentity struct {
@@ -53,6 +58,7 @@ type rawLease struct {
 	Duration       *string            `yaml:"duration"`
 	RenewInterval  *string            `yaml:"renewInterval"`
 	HolderIdentity *string            `yaml:"holderIdentity"`
+	SpreadStep     *string            `yaml:"spreadStep"`
 	Kubernetes     rawLeaseKubernetes `yaml:"kubernetes"`
 	Repository     rawLeaseRepository `yaml:"repository"`
 }

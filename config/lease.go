@@ -18,6 +18,10 @@ const (
 	DefaultLeaseDuration      = 60 * time.Second
 	DefaultLeaseRenewInterval = 15 * time.Second
 	DefaultLeaseNamePrefix    = "kopia-maintd-"
+	DefaultLeaseSpreadStep    = time.Second
+	// MaxLeaseSpreadStep bounds lease.spreadStep: the spread wait reaches
+	// twelve steps.
+	MaxLeaseSpreadStep = 10 * time.Second
 )
 
 // The values of lease.kind. LeaseKindAuto only appears in the file: a
@@ -65,6 +69,14 @@ type Lease struct {
 	Kubernetes LeaseKubernetes
 	// Repository configures the lease record of the repository kind.
 	Repository LeaseRepository
+	// SpreadStep is the unit of the wait before a scheduled run takes its
+	// lease, which lets replicas sharing a configuration split the
+	// repositories (lease.Spread): the wait is SpreadStep times the
+	// replica's offset in [0, 1) plus the number of other runs it started
+	// in the last 12 SpreadSteps, at most 12 SpreadSteps. >= 0 and at most
+	// MaxLeaseSpreadStep; 0 turns the wait off, for a process known to run
+	// alone, whose batches of runs then start back to back.
+	SpreadStep time.Duration
 }
 
 // LeaseRepository configures the leases kept in the repositories' own
@@ -171,6 +183,15 @@ func resolveLease(raw rawLease, repos []Repository, p *problems) Lease {
 		Duration:      DefaultLeaseDuration,
 		RenewInterval: DefaultLeaseRenewInterval,
 		Kubernetes:    LeaseKubernetes{NamePrefix: DefaultLeaseNamePrefix},
+		SpreadStep:    DefaultLeaseSpreadStep,
+	}
+	if v := raw.SpreadStep; v != nil {
+		if d, ok := parseDuration(*v, "lease.spreadStep", p); ok {
+			l.SpreadStep = d
+			if d < 0 || d > MaxLeaseSpreadStep {
+				p.add("lease.spreadStep", "must be between 0s and %s, got %q", MaxLeaseSpreadStep, *v)
+			}
+		}
 	}
 	if v := raw.Kind; v != nil {
 		l.Kind = *v

@@ -92,6 +92,22 @@ func TestLeaseSettleDefault(t *testing.T) {
 	}
 }
 
+func TestLeaseSpreadStepDefault(t *testing.T) {
+	if got := mustParseLease(t, "").SpreadStep; got != time.Second {
+		t.Errorf("spreadStep %v, want 1s", got)
+	}
+}
+
+func TestMaintenanceListParallelism(t *testing.T) {
+	cfg, err := parseLease(t, "maintenance: {listParallelism: 4}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Maintenance.ListParallelism; got != 4 {
+		t.Errorf("maintenance.listParallelism = %d, want 4", got)
+	}
+}
+
 func TestLeaseKeys(t *testing.T) {
 	got := mustParseLease(t, `
 lease:
@@ -104,6 +120,7 @@ lease:
     namePrefix: maint.
   repository:
     settle: 2500ms
+  spreadStep: 0s
 `)
 	want := Lease{
 		Kind:           LeaseKindKubernetes,
@@ -112,6 +129,7 @@ lease:
 		HolderIdentity: "kopia-maintd-0.velero",
 		Kubernetes:     LeaseKubernetes{Namespace: "backup", NamePrefix: "maint."},
 		Repository:     LeaseRepository{Settle: 2500 * time.Millisecond},
+		SpreadStep:     0,
 	}
 	if got != want {
 		t.Errorf("Lease = %+v\nwant    %+v", got, want)

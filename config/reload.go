@@ -62,6 +62,12 @@ func CheckReload(old, next *Config) error {
 	changed("lease.holderIdentity", old.Lease.configuredHolderIdentity(), next.Lease.configuredHolderIdentity())
 	changed("lease.kubernetes.namespace", old.Lease.Kubernetes.Namespace, next.Lease.Kubernetes.Namespace)
 	changed("lease.kubernetes.namePrefix", old.Lease.Kubernetes.NamePrefix, next.Lease.Kubernetes.NamePrefix)
+	if old.Maintenance.ListParallelism != next.Maintenance.ListParallelism {
+		p.add("maintenance.listParallelism", "cannot be changed without a restart (was %d, now %d)", old.Maintenance.ListParallelism, next.Maintenance.ListParallelism)
+	}
+	if old.Lease.SpreadStep != next.Lease.SpreadStep {
+		p.add("lease.spreadStep", "cannot be changed without a restart (was %s, now %s)", old.Lease.SpreadStep, next.Lease.SpreadStep)
+	}
 	if old.Lease.Repository.Settle != next.Lease.Repository.Settle {
 		p.add("lease.repository.settle", "cannot be changed without a restart (was %s, now %s)", old.Lease.Repository.Settle, next.Lease.Repository.Settle)
 	}

@@ -109,6 +109,12 @@ func resolve(raw *rawConfig, dir string, p *problems) *Config {
 	cfg.SafetyNone = resolveSafetyNone(raw.SafetyNone, cfg.Repositories, cfg.Velero.Discover, p)
 	applySafetyNone(cfg.SafetyNone, raw.Repositories, cfg.Repositories)
 	cfg.Lease = resolveLease(raw.Lease, cfg.Repositories, p)
+	if v := raw.Maintenance.ListParallelism; v != nil {
+		cfg.Maintenance.ListParallelism = *v
+		if *v < 0 {
+			p.add("maintenance.listParallelism", "must be >= 0, got %d", *v)
+		}
+	}
 	return cfg
 }
 

@@ -112,8 +112,12 @@ func (s *Spread) runs(name string, now time.Time) int {
 }
 
 // Wait returns how long after the run became ready name's lease should be
-// taken, given runs other repositories in progress or just started.
+// taken, given runs other repositories in progress or just started. A
+// Spread with a zero step never waits.
 func (s *Spread) Wait(name string, runs int) time.Duration {
+	if s.step <= 0 {
+		return 0
+	}
 	return time.Duration(float64(s.step) * (s.Offset(name) + s.load(runs)))
 }
 

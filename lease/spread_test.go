@@ -378,3 +378,17 @@ func TestSpreadSplitsASlotEvenly(t *testing.T) {
 		t.Logf("%d replicas, %d repositories: at most %d apart over 50 sets of holders", c.replicas, c.repos, worst)
 	}
 }
+
+func TestSpreadZeroStepNeverWaits(t *testing.T) {
+	s := NewSpread("node-1-3f9a1c20b7d4", 0, 0)
+	for _, runs := range []int{0, 1, 10, 1000} {
+		if w := s.Wait("r1", runs); w != 0 {
+			t.Errorf("Wait(r1, %d) = %v with a zero step, want 0", runs, w)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.Turn(ctx, "r1", time.Now()); err != nil {
+		t.Errorf("Turn with a zero step: %v", err)
+	}
+}

@@ -63,6 +63,11 @@ type Options struct {
 	// storage. It applies when a connection is made (the first open of a
 	// repository in this state directory, or after its storage changed).
 	NoCache bool
+	// ListParallelism, when > 0, caps how many blob listings and deletions
+	// kopia's delete-unreferenced-blobs tasks run at once (kopia's
+	// maintenance param listParallelism, default 16). It applies to this
+	// process's runs only; the repository's stored params are not changed.
+	ListParallelism int
 }
 
 // Manager opens and maintains a set of repositories. It is safe for

@@ -363,6 +363,11 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 			err := maintenance.RunExclusive(ctx, dw, mode, false, func(ctx context.Context, rp maintenance.RunParameters) error {
 				ran = true
 
+				if n := m.opts.ListParallelism; n > 0 && rp.Params != nil {
+					// rp.Params is this run's copy: the stored params stay as they are.
+					rp.Params.ListParallelism = n
+				}
+
 				// With SafetyNone, snapshot GC's marking is already
 				// destructive: the evidence of the gate and of the checks
 				// before the cycle may be minutes old by now (a Velero pod

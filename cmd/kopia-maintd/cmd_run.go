@@ -50,6 +50,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	defer log.Sync() //nolint:errcheck
 
+	applyMemoryLimit(log, "/")
+
 	mgr, err := newManager(cfg, nil, log.Named("repository"))
 	if err != nil {
 		return err

@@ -48,6 +48,8 @@ func cmdRunOnce(args []string, stdout, stderr io.Writer) error {
 	}
 	defer log.Sync() //nolint:errcheck
 
+	applyMemoryLimit(log, "/")
+
 	rc, err := findRepository(cfg, *name)
 	if err != nil {
 		return err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
@@ -23,15 +22,13 @@ type leases struct {
 	*maintain.Leases
 }
 
-// The spread wait of scheduled runs (see lease.Spread): a second times the
-// replica's offset for the repository plus the load of the other
-// repositories it is maintaining or started in the last 12s, at most 12s. A
-// second is far beyond what one list and one write of a lease take, so
+// spreadSteps is the spread wait of scheduled runs in lease.spreadStep
+// units (see lease.Spread): the step times the replica's offset for the
+// repository plus the load of the other repositories it is maintaining or
+// started in the last 12 steps, at most 12 steps. The default step, a
+// second, is far beyond what one list and one write of a lease take, so
 // between two replicas the smaller wait wins.
-const (
-	spreadStep = time.Second
-	spreadMax  = 12 * time.Second
-)
+const spreadSteps = 12
 
 // newLeases builds the lease manager the configuration asks for. met is
 // nil in one-shot commands.
@@ -84,7 +81,7 @@ func newLeases(cfg *config.Config, mgr *repository.Manager, met *metrics.Metrics
 
 	l := &maintain.Leases{
 		Acquirer: lm, Fenced: mgr.FencedOperations, Log: log,
-		Spread: lease.NewSpread(lc.HolderIdentity, spreadStep, spreadMax),
+		Spread: lease.NewSpread(lc.HolderIdentity, lc.SpreadStep, spreadSteps*lc.SpreadStep),
 	}
 	if met != nil {
 		// A nil *metrics.Metrics in the interface would not read as nil.

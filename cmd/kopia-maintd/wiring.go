@@ -163,9 +163,10 @@ func newManager(cfg *config.Config, src repoSources, log *zap.Logger) (*reposito
 	}
 
 	return repository.NewManager(repository.Options{
-		StateDirectory: cfg.StateDirectory,
-		Identity:       repository.Identity{Username: cfg.Identity.Username, Hostname: cfg.Identity.Hostname},
-		Logger:         log,
+		StateDirectory:  cfg.StateDirectory,
+		Identity:        repository.Identity{Username: cfg.Identity.Username, Hostname: cfg.Identity.Hostname},
+		ListParallelism: cfg.Maintenance.ListParallelism,
+		Logger:          log,
 	}, sp)
 }
 

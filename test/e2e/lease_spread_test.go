@@ -42,7 +42,7 @@ repositories:
 }
 
 // spreadMax is the longest spread wait before a scheduled run's lease is
-// taken (cmd/kopia-maintd's spreadMax; see lease.Spread).
+// taken (12 default lease.spreadSteps; see lease.Spread).
 const spreadMax = 12 * time.Second
 
 // spreadLogRounding allows for the millisecond timestamps of the log: a
