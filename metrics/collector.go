@@ -32,7 +32,7 @@ type descs struct {
 
 	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
 
-	notMaintained *prometheus.Desc
+	notMaintained                                                      *prometheus.Desc
 	compactionRewritten, compactionBelow, deadBytes, compactionEnabled *prometheus.Desc
 }
 
