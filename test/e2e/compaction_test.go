@@ -17,7 +17,7 @@ import (
 	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
 
-// TestCompactionOnRepositoryMadeByKopiaCLI (issue 10): the kopia CLI makes a
+// TestCompactionOnRepositoryMadeByKopiaCLI: the kopia CLI makes a
 // repository in MinIO with a live snapshot of about 4 MB and a second of
 // about 12 MB, each its own CLI session, and deletes the second. Three
 // `kopia maintenance run --full --safety=none` leave the deleted data in a
