@@ -294,7 +294,9 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 		if err != nil {
 			return pr, err
 		}
-		prep := filepath.Join(work, "prep")
+		// The measured starts use the same paths: a connection names its
+		// state directory.
+		prep := filepath.Join(work, "daemon")
 		cfg, err := writeDaemonConfig(prep, listen, quick, full, 1, repos, p.SpreadStep)
 		if err != nil {
 			return pr, err
@@ -303,7 +305,10 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 		if _, err := runDaemonUntil(ctx, tools.Daemon, cfg, len(repos), 60*time.Minute, logw); err != nil {
 			return pr, fmt.Errorf("%s preparation: %w", name, err)
 		}
-		savedState = filepath.Join(prep, "state")
+		savedState = filepath.Join(work, "saved-state")
+		if err := os.Rename(filepath.Join(prep, "state"), savedState); err != nil {
+			return pr, err
+		}
 		caches, _ := filepath.Glob(filepath.Join(savedState, "repositories", "*", "cache"))
 		for _, c := range caches {
 			if err := os.RemoveAll(c); err != nil {
