@@ -235,13 +235,17 @@ func manyRepos(ctx context.Context, ref *Reference, dir string, n int) ([]daemon
 	return repos, nil
 }
 
-// The schedules of comparison 2: the cycle measured is due at once (its
-// last success, from the reference state, is older than two minutes), the
-// other not for a year. A repository's next slot of the measured cycle is
-// two minutes after start-up, so runs that take longer than that to reach
-// every repository also pay for second runs of the first ones.
+// The schedules of comparison 2. The measured cycle must be due at once and
+// must not come due again while the batch runs, or the daemon's side would
+// pay for second runs: dueNow returns a cron spec that fires every two
+// minutes during one hour twelve hours away (UTC), so its interval is two
+// minutes (the reference run history is older: a catch-up at start) and its
+// next slot hours off. The other cycle is not due for a year.
+func dueNow(now time.Time) string {
+	return fmt.Sprintf("CRON_TZ=UTC */2 %d * * *", (now.UTC().Hour()+12)%24)
+}
+
 const (
-	dueNow   = "@every 2m"
 	notSoon  = "@every 8760h"
 	dueAfter = 2*time.Minute + 10*time.Second
 )
@@ -273,10 +277,10 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 			return pr, ctx.Err()
 		}
 	}
-	quick, full := dueNow, notSoon
+	quick, full := dueNow(time.Now()), notSoon
 	cliArgs := []string{"maintenance", "run"}
 	if cycle == "full" {
-		quick, full = notSoon, dueNow
+		quick, full = notSoon, dueNow(time.Now())
 		cliArgs = append(cliArgs, "--full")
 	}
 	work := filepath.Join(p.Work, name)
@@ -294,7 +298,9 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 		if err != nil {
 			return pr, err
 		}
-		prep := filepath.Join(work, "prep")
+		// The measured starts use the same paths: a connection names its
+		// state directory.
+		prep := filepath.Join(work, "daemon")
 		cfg, err := writeDaemonConfig(prep, listen, quick, full, 1, repos, p.SpreadStep)
 		if err != nil {
 			return pr, err
@@ -303,7 +309,10 @@ func compareMany(ctx context.Context, p Params, tools Tools, ref *Reference, cyc
 		if _, err := runDaemonUntil(ctx, tools.Daemon, cfg, len(repos), 60*time.Minute, logw); err != nil {
 			return pr, fmt.Errorf("%s preparation: %w", name, err)
 		}
-		savedState = filepath.Join(prep, "state")
+		savedState = filepath.Join(work, "saved-state")
+		if err := os.Rename(filepath.Join(prep, "state"), savedState); err != nil {
+			return pr, err
+		}
 		caches, _ := filepath.Glob(filepath.Join(savedState, "repositories", "*", "cache"))
 		for _, c := range caches {
 			if err := os.RemoveAll(c); err != nil {
