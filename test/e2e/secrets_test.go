@@ -58,7 +58,7 @@ server: {listenAddress: "%[2]s"}
 log: {level: debug, format: json}
 lease: {kind: repository}
 defaults:
-  schedule: {quick: "@every 2s", full: "@every 6s", jitter: 0s}
+  schedule: {quick: "@every 2s", full: "@every 20s", jitter: 0s}
   ownership: {takeover: always}
 repositories:
   - name: good
@@ -80,7 +80,7 @@ repositories:
 		return d.metric(t, fmt.Sprintf(`kopia_maintenance_runs_total{cycle=%q,repository=%q,result=%q}`, cycle, repo, result))
 	}
 
-	waitFor(t, d, "good maintained, badpw and badkey failing", 2*time.Minute, func() bool {
+	waitFor(t, d, "good maintained, badpw and badkey failing", 4*time.Minute, func() bool {
 		return runs("good", "full", "success") >= 1 && runs("good", "quick", "success") >= 1 &&
 			runs("badpw", "quick", "failure")+runs("badpw", "full", "failure") >= 1 &&
 			runs("badkey", "quick", "failure")+runs("badkey", "full", "failure") >= 1
