@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,9 +87,23 @@ repositories:
 			runs("badkey", "quick", "failure")+runs("badkey", "full", "failure") >= 1
 	})
 
+	metricsText := httpBody(t, "http://"+addr+"/metrics")
+
+	// The one-shot commands run after the daemon has stopped: with it
+	// running they would find its leases held.
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case <-d.done:
+	case <-time.After(40 * time.Second):
+		t.Fatal("daemon did not exit within 40s of SIGTERM")
+	}
+
 	collected := map[string]string{
 		"daemon log": d.logs(),
-		"/metrics":   httpBody(t, "http://"+addr+"/metrics"),
+		"/metrics":   metricsText,
 	}
 
 	for name, args := range map[string][]string{
