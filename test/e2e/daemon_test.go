@@ -120,6 +120,22 @@ func startDaemon(t *testing.T, configPath, addr string) *daemon {
 	return d
 }
 
+// stop sends SIGTERM and waits up to 40s for the daemon to exit; d.err is
+// then its exit error.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case <-d.done:
+	case <-time.After(40 * time.Second):
+		t.Fatal("daemon did not exit within 40s of SIGTERM")
+	}
+}
+
 // metric returns the value of the first sample whose line starts with
 // series, or -1 when it is absent.
 func (d *daemon) metric(t *testing.T, series string) float64 {

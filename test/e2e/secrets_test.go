@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -91,15 +90,7 @@ repositories:
 
 	// The one-shot commands run after the daemon has stopped: with it
 	// running they would find its leases held.
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-
-	select {
-	case <-d.done:
-	case <-time.After(40 * time.Second):
-		t.Fatal("daemon did not exit within 40s of SIGTERM")
-	}
+	d.stop(t)
 
 	collected := map[string]string{
 		"daemon log": d.logs(),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -110,15 +109,7 @@ velero:
 		return runs("app1-default", "success") >= 1
 	})
 
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-
-	select {
-	case <-d.done:
-	case <-time.After(40 * time.Second):
-		t.Fatal("daemon did not exit within 40s of SIGTERM")
-	}
+	d.stop(t)
 
 	// run-once, now that no Job runs, maintains app2 and quiets Velero's
 	// maintenance of it again (set back by hand here).

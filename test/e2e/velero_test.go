@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -210,15 +209,7 @@ velero:
 		return !strings.Contains(httpBody(t, "http://"+addr+"/metrics"), `repository="app2-default"`)
 	})
 
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-
-	select {
-	case <-d.done:
-	case <-time.After(40 * time.Second):
-		t.Fatal("daemon did not exit within 40s of SIGTERM")
-	}
+	d.stop(t)
 
 	if d.err != nil {
 		t.Errorf("daemon exit: %v", d.err)
