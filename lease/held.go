@@ -187,11 +187,12 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Held, error) {
 
 	hctx, cancel := context.WithCancelCause(ctx)
 	h := &Held{
-		m:      m,
-		name:   name,
-		ctx:    hctx,
-		cancel: cancel,
-		log:    m.log.With(zap.String("lease", name)),
+		m:        m,
+		name:     name,
+		ctx:      hctx,
+		cancel:   cancel,
+		log:      m.log.With(zap.String("lease", name)),
+		acquired: at.Round(0),
 	}
 	h.deadline.Store(&d)
 	if r := m.opts.Recorder; r != nil {
@@ -231,6 +232,9 @@ type Held struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	log    *zap.Logger
+	// acquired is when the lease started counting as held (TryAcquire's
+	// time).
+	acquired time.Time
 
 	deadline atomic.Pointer[time.Time]
 	failed   atomic.Pointer[failure]
@@ -276,6 +280,18 @@ func (h *Held) Context() context.Context {
 	}
 
 	return h.ctx
+}
+
+// Acquired returns the wall-clock time from which this process holds the
+// lease: the time just before the backend write that took it. Every earlier
+// holder's deadline had passed by then. It is the zero time for a Held that
+// Acquire did not make.
+func (h *Held) Acquired() time.Time {
+	if !h.valid() {
+		return time.Time{}
+	}
+
+	return h.acquired
 }
 
 // Deadline returns the wall-clock time at which the lease stops being valid

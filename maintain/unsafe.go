@@ -24,7 +24,7 @@ type Runner interface {
 // ActivityReader reads a repository's evidence of other writers
 // (repository.Manager).
 type ActivityReader interface {
-	Activity(ctx context.Context, name string, quietPeriod time.Duration) ([]repository.Activity, error)
+	Activity(ctx context.Context, held *lease.Held, name string, quietPeriod time.Duration) ([]repository.Activity, error)
 }
 
 // GateMetrics receives what the safety=none flow exports; nil means none.
@@ -40,38 +40,63 @@ type Auditor interface {
 }
 
 // ActivityCheck turns the repository's evidence of other writers into the
-// gate's check: it passes only without any evidence, and names at most ten
-// signs.
+// gate's check: it passes only without any evidence but what is known dead
+// (the markers of this daemon's killed runs, which it names), and names at
+// most ten signs.
 func ActivityCheck(acts []repository.Activity, quiet time.Duration) safety.Check {
 	c := safety.Check{
 		Name: safety.CheckRepositoryActivity, Verdict: safety.Pass,
 		Reason: fmt.Sprintf("no session marker and no write by another session in the last %s", quiet),
 	}
 
-	if len(acts) == 0 {
+	var live, dead []repository.Activity
+
+	for _, a := range acts {
+		if a.Dead != "" {
+			dead = append(dead, a)
+		} else {
+			live = append(live, a)
+		}
+	}
+
+	if len(live) == 0 {
+		if len(dead) > 0 {
+			c.Reason = fmt.Sprintf("no live session marker and no write by another session in the last %s; %d marker(s) of this daemon's own dead session(s) ignored", quiet, len(dead))
+			c.Evidence = evidence(dead)
+		}
+
 		return c
 	}
 
 	c.Verdict = safety.Refuse
-	c.Reason = fmt.Sprintf("%d sign(s) of another writer in the repository", len(acts))
-
-	for i, a := range acts {
-		if i == 10 {
-			c.Evidence = append(c.Evidence, fmt.Sprintf("... and %d more", len(acts)-i))
-			break
-		}
-
-		c.Evidence = append(c.Evidence, a.String())
-	}
+	c.Reason = fmt.Sprintf("%d sign(s) of another writer in the repository", len(live))
+	c.Evidence = evidence(live)
 
 	return c
 }
 
+// evidence describes at most ten signs.
+func evidence(acts []repository.Activity) []string {
+	var out []string
+
+	for i, a := range acts {
+		if i == 10 {
+			out = append(out, fmt.Sprintf("... and %d more", len(acts)-i))
+			break
+		}
+
+		out = append(out, a.String())
+	}
+
+	return out
+}
+
 // RepositoryChecker is the gate's repository check group: the named
-// repository's activity over the quiet period.
-func RepositoryChecker(r ActivityReader, name string, quiet time.Duration) safety.Checker {
+// repository's activity over the quiet period. held is the repository's
+// lease when the caller holds it (nil for a dry run of the gate).
+func RepositoryChecker(r ActivityReader, held *lease.Held, name string, quiet time.Duration) safety.Checker {
 	return safety.CheckerFunc(func(ctx context.Context) ([]safety.Check, error) {
-		acts, err := r.Activity(ctx, name, quiet)
+		acts, err := r.Activity(ctx, held, name, quiet)
 		if err != nil {
 			return nil, err
 		}

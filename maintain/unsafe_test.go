@@ -322,3 +322,20 @@ func TestSummary(t *testing.T) {
 		t.Fatalf("Summary = %q, want %q", got, want)
 	}
 }
+
+// TestActivityCheckDeadEvidence: dead evidence alone passes and is named;
+// one live sign beside it refuses, naming only the live one.
+func TestActivityCheckDeadEvidence(t *testing.T) {
+	dead := repository.Activity{Kind: repository.ActivitySessionMarker, Blob: "s01-s1", Age: time.Hour, Session: "s1", Dead: "a session of this daemon written before the current lease"}
+	live := repository.Activity{Kind: repository.ActivitySessionMarker, Blob: "s02-s2", Age: time.Minute, Session: "s2", Writer: "velero@node-1"}
+
+	c := ActivityCheck([]repository.Activity{dead}, time.Minute)
+	if c.Verdict != safety.Pass || !strings.Contains(c.Reason, "1 marker(s) of this daemon's own dead session(s) ignored") || len(c.Evidence) != 1 || !strings.Contains(c.Evidence[0], "not a writer") {
+		t.Fatalf("dead evidence only: %+v", c)
+	}
+
+	c = ActivityCheck([]repository.Activity{dead, live}, time.Minute)
+	if c.Verdict != safety.Refuse || !strings.Contains(c.Reason, "1 sign(s)") || len(c.Evidence) != 1 || !strings.Contains(c.Evidence[0], "velero@node-1") {
+		t.Fatalf("dead and live evidence: %+v", c)
+	}
+}

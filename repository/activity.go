@@ -12,6 +12,8 @@ import (
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/repo/blob"
 	"github.com/kopia/kopia/repo/content"
+
+	"github.com/kopia-maintd/kopia-maintd/lease"
 )
 
 // Activity is evidence, from the repository's own blobs, that a client
@@ -29,6 +31,11 @@ type Activity struct {
 	Session string        `json:"session,omitempty"`
 	// Writer is the session's user@host where kopia can decode its marker.
 	Writer string `json:"writer,omitempty"`
+	// Dead, when set, says why this evidence is not a writer: a session
+	// marker of this daemon's own session left by a process that is gone
+	// (killed during a run) and so no longer writes. Such evidence is
+	// reported, and does not refuse.
+	Dead string `json:"dead,omitempty"`
 }
 
 // String describes the evidence in one line.
@@ -40,6 +47,10 @@ func (a Activity) String() string {
 
 	if a.Writer != "" {
 		s += " (" + a.Writer + ")"
+	}
+
+	if a.Dead != "" {
+		s += ": not a writer: " + a.Dead
 	}
 
 	return s
@@ -59,14 +70,23 @@ var writePrefixes = []blob.ID{content.PackBlobIDPrefixRegular, content.PackBlobI
 // Activity lists the evidence of other writers in the repository: every
 // session marker, and every pack or index blob written within quietPeriod
 // by a session that is not one of this daemon's.
-func (m *Manager) Activity(ctx context.Context, name string, quietPeriod time.Duration) ([]Activity, error) {
+//
+// held is the repository's lease when the caller holds it, else nil. Under
+// a lease, a session marker of one of this daemon's own sessions (one that
+// a process on this state directory opened) that the storage says was
+// written before the lease was acquired is reported as Dead: every own
+// session writes under the repository's lease and stops writing by that
+// lease's deadline, so a marker older than the current lease belongs to a
+// process that was killed before it could commit the session. Without a
+// lease nothing proves that, and such a marker counts as a writer.
+func (m *Manager) Activity(ctx context.Context, held *lease.Held, name string, quietPeriod time.Duration) ([]Activity, error) {
 	s, err := m.open(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
 
-	acts, err := m.activity(s.ctx, s.rep, name, quietPeriod, false)
+	acts, err := m.activity(s.ctx, s.rep, name, quietPeriod, ownMarkers{deadBefore: held.Acquired()})
 	if err != nil {
 		return nil, fmt.Errorf("repository %q: look for other writers: %w", name, err)
 	}
@@ -74,10 +94,19 @@ func (m *Manager) Activity(ctx context.Context, name string, quietPeriod time.Du
 	return acts, nil
 }
 
-// activity is Activity on an open repository. During an unsafe run the
-// run's own session marker is expected: ownMarkersOK leaves markers of this
-// daemon's sessions out.
-func (m *Manager) activity(ctx context.Context, dr repo.DirectRepository, name string, quietPeriod time.Duration, ownMarkersOK bool) ([]Activity, error) {
+// ownMarkers says how activity treats session markers of this daemon's own
+// sessions.
+type ownMarkers struct {
+	// all leaves every own marker out: during an unsafe run, the run's own
+	// session marker is expected.
+	all bool
+	// deadBefore, when set, is when the current lease was acquired: own
+	// markers the storage dates before it are reported as Dead.
+	deadBefore time.Time
+}
+
+// activity is Activity on an open repository.
+func (m *Manager) activity(ctx context.Context, dr repo.DirectRepository, name string, quietPeriod time.Duration, own ownMarkers) ([]Activity, error) {
 	book := m.sessions(name)
 	if err := book.load(); err != nil {
 		return nil, err
@@ -103,13 +132,20 @@ func (m *Manager) activity(ctx context.Context, dr repo.DirectRepository, name s
 
 	err = dr.BlobReader().ListBlobs(ctx, content.BlobIDPrefixSession, func(bm blob.Metadata) error {
 		sid := content.SessionIDFromBlobID(bm.BlobID)
-		if ownMarkersOK && book.ours(string(sid)) {
+		ours := book.ours(string(sid))
+
+		if own.all && ours {
 			return nil
 		}
 
 		a := Activity{Kind: ActivitySessionMarker, Blob: string(bm.BlobID), Age: now.Sub(bm.Timestamp), Session: string(sid)}
 		if si := markers[sid]; si != nil {
 			a.Writer = si.User + "@" + si.Host
+		}
+
+		if ours && !own.deadBefore.IsZero() && bm.Timestamp.Before(own.deadBefore) {
+			a.Dead = fmt.Sprintf("a session of this daemon written before the current lease was acquired at %s, by a process that stopped without committing it",
+				own.deadBefore.UTC().Round(time.Second).Format(time.RFC3339))
 		}
 
 		out = append(out, a)

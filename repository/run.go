@@ -308,8 +308,9 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 
 			if u := req.Unsafe; u != nil {
 				// The last word before the cycle: nothing may be writing,
-				// not even a session marker of our own.
-				acts, err := m.activity(ctx, dw, name, u.QuietPeriod, false)
+				// not even a session of our own, unless a process killed
+				// under an earlier lease left its marker.
+				acts, err := m.activity(ctx, dw, name, u.QuietPeriod, ownMarkers{deadBefore: held.Acquired()})
 				if err == nil {
 					err = u.Guard(ctx, acts)
 				}
@@ -319,7 +320,7 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 				}
 
 				recheck = func(ctx context.Context) error {
-					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, true)
+					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, ownMarkers{all: true})
 					if err != nil {
 						return fmt.Errorf("look for other writers: %w", err)
 					}
@@ -332,7 +333,7 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 				}
 
 				tracker.betweenTasks = func() {
-					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, true)
+					acts, err := m.activity(ctx, dw, name, u.QuietPeriod, ownMarkers{all: true})
 					if err == nil {
 						err = u.Guard(ctx, acts)
 					}

@@ -69,7 +69,7 @@ func (f *unsafeFixture) run(cycle Cycle, unsafe *UnsafeRun) (*Report, error) {
 func (f *unsafeFixture) activity(quiet time.Duration) []Activity {
 	f.t.Helper()
 
-	acts, err := f.m.Activity(context.Background(), "r", quiet)
+	acts, err := f.m.Activity(context.Background(), nil, "r", quiet)
 	if err != nil {
 		f.t.Fatalf("activity: %v", err)
 	}

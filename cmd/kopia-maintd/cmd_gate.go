@@ -50,7 +50,7 @@ func cmdGate(args []string, stdout, stderr io.Writer) error {
 	)
 
 	for _, r := range repos {
-		d := u.gate(cfg, r).Check(context.Background())
+		d := u.gate(cfg, r, nil).Check(context.Background())
 		decisions = append(decisions, d)
 
 		if !d.Allowed {

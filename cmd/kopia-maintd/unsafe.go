@@ -55,8 +55,9 @@ func newUnsafeRunner(cfg *config.Config, mgr *repository.Manager, met *metrics.M
 	return u
 }
 
-// gate builds the gate of one repository under the current configuration.
-func (u *unsafeRunner) gate(cfg *config.Config, r config.Repository) *safety.Gate {
+// gate builds the gate of one repository under the current configuration;
+// held is the repository's lease when the caller holds it.
+func (u *unsafeRunner) gate(cfg *config.Config, r config.Repository, held *lease.Held) *safety.Gate {
 	sn := cfg.SafetyNone
 
 	var kube safety.Checker
@@ -74,7 +75,7 @@ func (u *unsafeRunner) gate(cfg *config.Config, r config.Repository) *safety.Gat
 		RepositoryName: r.Name,
 		Allow:          r.SafetyNoneAllowed,
 		Kubernetes:     kube,
-		Repository:     maintain.RepositoryChecker(u.mgr, r.Name, sn.QuietPeriod),
+		Repository:     maintain.RepositoryChecker(u.mgr, held, r.Name, sn.QuietPeriod),
 	}
 }
 
@@ -83,7 +84,7 @@ func (u *unsafeRunner) gate(cfg *config.Config, r config.Repository) *safety.Gat
 // lease like every other write.
 func (u *unsafeRunner) request(cfg *config.Config, r config.Repository, held *lease.Held, requestedBy string, req repository.RunRequest) maintain.UnsafeRequest {
 	return maintain.UnsafeRequest{
-		Gate: u.gate(cfg, r), QuietPeriod: cfg.SafetyNone.QuietPeriod, WatchInterval: cfg.SafetyNone.WatchInterval,
+		Gate: u.gate(cfg, r, held), QuietPeriod: cfg.SafetyNone.QuietPeriod, WatchInterval: cfg.SafetyNone.WatchInterval,
 		RequestedBy: requestedBy, Run: req,
 		Audit: safety.NewAuditLog(u.auditDir).WithStore(leasedAuditStore{mgr: u.mgr, held: held}),
 	}
