@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -83,7 +85,7 @@ func (d *Discovery) Credentials(ctx context.Context, r Repository) (Credentials,
 		from = "file " + f
 
 		var err error
-		if data, err = os.ReadFile(f); err != nil {
+		if data, err = readCredentialsFile(f); err != nil {
 			// os errors name the path and the cause only.
 			return Credentials{}, fmt.Errorf("credentials of repository %q: %w", r.Name, err)
 		}
@@ -124,4 +126,40 @@ func (d *Discovery) CACert(ctx context.Context, r Repository) ([]byte, error) {
 	}
 
 	return v, nil
+}
+
+// maxCredentialsFile bounds the credentials file read: a Kubernetes Secret
+// holds at most 1 MiB, and an AWS credentials file is a few lines.
+const maxCredentialsFile = 1 << 20
+
+// readCredentialsFile reads a regular file of at most maxCredentialsFile
+// bytes. A named pipe, a device or a directory mounted at the path fails at
+// once instead of blocking or reading without end.
+func readCredentialsFile(file string) ([]byte, error) {
+	// O_NONBLOCK: opening a named pipe would otherwise wait for a writer.
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (mode %s)", file, st.Mode().Type())
+	}
+
+	data, err := io.ReadAll(io.LimitReader(f, maxCredentialsFile+1))
+	if err != nil {
+		return nil, err
+	}
+
+	if len(data) > maxCredentialsFile {
+		return nil, fmt.Errorf("%s is larger than %d MiB", file, maxCredentialsFile>>20)
+	}
+
+	return data, nil
 }
