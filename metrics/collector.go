@@ -12,33 +12,33 @@ import (
 
 // descs holds the descriptor of every metric the collector exports.
 type descs struct {
-	runs, duration, lastSuccess, lastRun, nextRun, inProgress *prometheus.Desc
+	runs, duration, lastSuccess, lastRun, nextRun, inProgress *family
 
-	currentTask, progressBlobs, progressBytes, progressContents *prometheus.Desc
+	currentTask, progressBlobs, progressBytes, progressContents *family
 
-	taskDuration, taskLastSuccess, taskRuns *prometheus.Desc
+	taskDuration, taskLastSuccess, taskRuns *family
 
-	blobsDeleted, bytesDeleted, contentsGC *prometheus.Desc
+	blobsDeleted, bytesDeleted, contentsGC *family
 
-	unreferenced, retained, eligible *prometheus.Desc
+	unreferenced, retained, eligible *family
 
-	indexBlobs, sessionMarkers, size *prometheus.Desc
+	indexBlobs, sessionMarkers, size *family
 
-	ownerInfo, ownershipChanges *prometheus.Desc
+	ownerInfo, ownershipChanges *family
 
-	unsafeRuns, gateChecks *prometheus.Desc
+	unsafeRuns, gateChecks *family
 
-	leaseHeld, leaseAcquisitions, leaseLosses, leaseSkips *prometheus.Desc
+	leaseHeld, leaseAcquisitions, leaseLosses, leaseSkips *family
 
-	buildInfo, reloadOK, reloadTimestamp, repositories *prometheus.Desc
+	buildInfo, reloadOK, reloadTimestamp, repositories *family
 
-	notMaintained                                                      *prometheus.Desc
-	compactionRewritten, compactionBelow, deadBytes, compactionEnabled *prometheus.Desc
+	notMaintained                                                      *family
+	compactionRewritten, compactionBelow, deadBytes, compactionEnabled *family
 }
 
 func newDescs(info BuildInfo) *descs {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+	d := func(name, help string, labels ...string) *family {
+		return newFamily(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
 	}
 
 	repoCycle := []string{"repository", "cycle"}
@@ -88,7 +88,7 @@ func newDescs(info BuildInfo) *descs {
 		deadBytes:           d("dead_bytes", "Bytes in packs not referenced by live contents (deleted contents, orphaned packs, pack overhead), at the last full cycle.", "repository"),
 		compactionEnabled:   d("compaction_enabled", "1 when the compact-live step is on for the repository, as seen by the last full cycle.", "repository"),
 
-		buildInfo: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "build_info"),
+		buildInfo: newFamily(prometheus.BuildFQName(namespace, "", "build_info"),
 			"Build information of kopia-maintd; the value is always 1.", nil,
 			prometheus.Labels{"version": info.Version, "goversion": runtime.Version(), "kopia": info.KopiaVersion}),
 		reloadOK:        d("config_last_reload_successful", "1 when the last load of the configuration file succeeded."),
@@ -107,8 +107,14 @@ type collector struct {
 
 // Describe sends every descriptor.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	d := c.d
-	for _, desc := range []*prometheus.Desc{
+	for _, f := range c.d.all() {
+		ch <- f.desc
+	}
+}
+
+// all lists every family, in a fixed order.
+func (d *descs) all() []*family {
+	return []*family{
 		d.runs, d.duration, d.lastSuccess, d.lastRun, d.nextRun, d.inProgress,
 		d.currentTask, d.progressBlobs, d.progressBytes, d.progressContents,
 		d.taskDuration, d.taskLastSuccess, d.taskRuns,
@@ -121,35 +127,33 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.buildInfo, d.reloadOK, d.reloadTimestamp, d.repositories,
 		d.notMaintained,
 		d.compactionRewritten, d.compactionBelow, d.deadBytes, d.compactionEnabled,
-	} {
-		ch <- desc
 	}
 }
 
 // Collect builds the samples under the lock and sends them after releasing
 // it, so a slow scrape never holds up the events that feed the state.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.samples() {
+	var e constEmitter
+
+	c.emit(&e)
+
+	for _, s := range e.out {
 		ch <- s
 	}
 }
 
-func (c *collector) samples() []prometheus.Metric {
+// emit hands every sample of the state to e, under the lock.
+func (c *collector) emit(e emitter) {
 	m, d := c.m, c.d
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
-	var out []prometheus.Metric
-
-	add := func(desc *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
-		out = append(out, prometheus.MustNewConstMetric(desc, t, v, labels...))
+	gauge := func(f *family, v float64, labels ...string) {
+		e.sample(f, prometheus.GaugeValue, v, labels...)
 	}
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		add(desc, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
-		add(desc, prometheus.CounterValue, v, labels...)
+	counter := func(f *family, v float64, labels ...string) {
+		e.sample(f, prometheus.CounterValue, v, labels...)
 	}
 
 	gauge(d.buildInfo, 1)
@@ -181,25 +185,16 @@ func (c *collector) samples() []prometheus.Metric {
 				counter(d.runs, cs.runs[result], name, cycle, result)
 			}
 
-			buckets := make(map[float64]uint64, len(durationBuckets))
-
-			var cum uint64
-
-			for i, b := range durationBuckets {
-				cum += cs.buckets[i]
-				buckets[b] = cum
-			}
-
-			out = append(out, prometheus.MustNewConstHistogram(d.duration, cs.count, cs.sum, buckets, name, cycle))
+			e.histogram(d.duration, cs.count, cs.sum, cs.buckets, name, cycle)
 			gauge(d.inProgress, boolValue(cs.inProgress), name, cycle)
 
 			for _, ts := range []struct {
-				desc *prometheus.Desc
-				at   time.Time
+				f  *family
+				at time.Time
 			}{{d.lastSuccess, cs.lastSuccess}, {d.lastRun, cs.lastRun}, {d.nextRun, cs.nextAt}} {
 				// A zero time is "never": no sample rather than 1970.
 				if !ts.at.IsZero() {
-					gauge(ts.desc, unix(ts.at), name, cycle)
+					gauge(ts.f, unix(ts.at), name, cycle)
 				}
 			}
 		}
@@ -282,8 +277,6 @@ func (c *collector) samples() []prometheus.Metric {
 			}
 		}
 	}
-
-	return out
 }
 
 // sizeByClass orders sizes as sizeClasses, adding unknown classes to other.

@@ -135,7 +135,11 @@ type Compaction struct {
 // Its methods are safe for concurrent use.
 type Metrics struct {
 	registry *prometheus.Registry
-	info     BuildInfo
+	// runtime holds only the Go runtime and process collectors, which the
+	// text exposition adds after the daemon's own families.
+	runtime   *prometheus.Registry
+	collector *collector
+	info      BuildInfo
 
 	mu sync.Mutex
 	// repos holds the state of every repository that is exported.
@@ -220,13 +224,17 @@ type ownerState struct {
 func New(info BuildInfo) *Metrics {
 	m := &Metrics{
 		registry:   prometheus.NewRegistry(),
+		runtime:    prometheus.NewRegistry(),
 		info:       info,
 		repos:      map[string]*repoState{},
 		gateChecks: map[string]map[string]float64{},
 	}
 
-	m.registry.MustRegister(&collector{m: m, d: newDescs(info)},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.collector = &collector{m: m, d: newDescs(info)}
+	goc, proc := collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
+
+	m.registry.MustRegister(m.collector, goc, proc)
+	m.runtime.MustRegister(goc, proc)
 
 	return m
 }

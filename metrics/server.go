@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 	"go.uber.org/zap"
 	"go.uber.org/zap/exp/zapslog"
@@ -73,7 +72,7 @@ func NewServer(m *Metrics, opts ServerOptions) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger}
 
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{Registry: m.Registry()}))
+	mux.Handle("GET /metrics", m.Handler())
 
 	if opts.Reload != nil {
 		mux.HandleFunc("POST /-/reload", s.reload)
