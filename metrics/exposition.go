@@ -338,6 +338,7 @@ func (m *Metrics) Handler() http.Handler {
 		_ = m.writeExposition(bw, mfs)
 	})
 }
+
 // acceptsGzip reports whether an Accept-Encoding header allows gzip.
 func acceptsGzip(header string) bool {
 	for part := range strings.SplitSeq(header, ",") {
