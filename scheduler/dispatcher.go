@@ -87,6 +87,7 @@ type dispatcher struct {
 	inflight int
 	queue    []*repoState // repositories waiting for a LastSuccess call
 	lookups  int          // LastSuccess calls in flight
+	answered int          // LastSuccess calls answered since the queue last drained
 
 	seq, started, finished uint64
 }
@@ -178,6 +179,13 @@ func (d *dispatcher) startLookups() {
 // lookedUp schedules the first runs of a repository from its last successes.
 func (d *dispatcher) lookedUp(l lookupDone) {
 	d.lookups--
+	d.answered++
+	if d.lookups == 0 && len(d.queue) == 0 {
+		if f := d.s.lookupsDone; f != nil {
+			f(d.answered)
+		}
+		d.answered = 0
+	}
 	st := l.st
 	if d.repos[st.name] != st || !st.lookingUp {
 		return

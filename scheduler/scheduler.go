@@ -117,6 +117,10 @@ type Options struct {
 	Recorder Recorder
 	// BackoffBase is the delay before the first retry after a failure; default 1m.
 	BackoffBase time.Duration
+	// LookupsDone, when set, is called from the dispatcher each time the queue of LastSuccess
+	// calls drains, with the number of calls answered since the last time: at the end of the
+	// start-up's reads, and after a reload added repositories. It must return quickly.
+	LookupsDone func(n int)
 }
 
 // DefaultBackoffBase is the BackoffBase used when Options leaves it zero.
@@ -149,6 +153,8 @@ type Scheduler struct {
 
 	done   chan runDone
 	looked chan lookupDone
+	// lookupsDone is Options.LookupsDone.
+	lookupsDone func(n int)
 
 	// onIdle, when set by a test, is called each time the dispatcher is about to wait.
 	onIdle func(idleState)
@@ -166,6 +172,7 @@ func New(opts Options, repos []Repository) (*Scheduler, error) {
 	}
 	s := &Scheduler{
 		clock:       opts.Clock,
+		lookupsDone: opts.LookupsDone,
 		log:         opts.Logger,
 		concurrency: opts.Concurrency,
 		maintainer:  opts.Maintainer,

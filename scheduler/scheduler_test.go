@@ -828,3 +828,48 @@ func TestSkippedFollowUp(t *testing.T) {
 		t.Errorf("after a skip asking for a retry past the slot, quick is next at %v, want 4h", q.Sub(day0))
 	}
 }
+
+// TestLookupsDoneOnceTheStartUpReadsEnd: LookupsDone is called once when the
+// start-up's LastSuccess calls are all answered (three with concurrency 2),
+// with their number, and again for a repository a reload adds.
+func TestLookupsDoneOnceTheStartUpReadsEnd(t *testing.T) {
+	h := newHarness(t, at(hm(10, 17)), 2)
+	h.m.result = succeed
+	h.recent("a", "b", "c", "d")
+
+	var (
+		mu    sync.Mutex
+		calls []int
+	)
+
+	h.opts.LookupsDone = func(n int) {
+		mu.Lock()
+		calls = append(calls, n)
+		mu.Unlock()
+	}
+
+	repos := []Repository{{Name: "a", Quick: "@hourly", Full: "@daily"}, {Name: "b", Quick: "@hourly", Full: "@daily"}, {Name: "c", Quick: "@hourly", Full: "@daily"}}
+	h.start(repos...)
+	st := h.settle()
+
+	mu.Lock()
+	got := slices.Clone(calls)
+	mu.Unlock()
+
+	if !slices.Equal(got, []int{3}) {
+		t.Fatalf("after the start-up: LookupsDone calls %v, want [3]", got)
+	}
+
+	if err := h.s.Update(append(repos, Repository{Name: "d", Quick: "@hourly", Full: "@daily"})); err != nil {
+		t.Fatal(err)
+	}
+
+	h.waitIdle("d looked up", func(s idleState) bool { return s.seq > st.seq && s.lookups == 0 })
+
+	mu.Lock()
+	defer mu.Unlock()
+
+	if !slices.Equal(calls, []int{3, 1}) {
+		t.Fatalf("after adding d: LookupsDone calls %v, want [3 1]", calls)
+	}
+}
