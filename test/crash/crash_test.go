@@ -406,9 +406,10 @@ func newEnv(t *testing.T) *env {
 	}
 
 	// Full cycles back to back (a slot every second), quick ones only at
-	// start; a lease of 3s renewed every second, so that a killed
-	// process's lease is stale soon after the restart; no spread wait (one
-	// process).
+	// start; a lease of 2.5s renewed every 800ms, so that a killed
+	// process's lease is stale soon after the restart (a holder stops at
+	// 2s after its last renewal, which leaves a late renewal 1.2s on a
+	// loaded machine); no spread wait (one process).
 	e.cfg = filepath.Join(e.dir, "config.yaml")
 
 	cfg := fmt.Sprintf(`
@@ -416,7 +417,7 @@ identity: {username: maintd, hostname: crash}
 stateDirectory: %[1]s/state
 server: {listenAddress: %[2]q}
 log: {level: info, format: json}
-lease: {kind: repository, duration: 3s, renewInterval: 1s, spreadStep: 0s}
+lease: {kind: repository, duration: 2.5s, renewInterval: 800ms, spreadStep: 0s}
 defaults:
   schedule: {quick: "@every 1h", full: "@every 1s", jitter: 0s}
   ownership: {takeover: always}
