@@ -189,7 +189,7 @@ func TestSIGKILLDuringFullCycles(t *testing.T) {
 
 		v := <-verr
 		if v.err != nil {
-			t.Fatalf("kill %d (%s): %v", killNo, where, v.err)
+			t.Fatalf("kill %d (%s): %v\nthe writer's history:\n%s", killNo, where, v.err, w.history())
 		}
 
 		verTime += v.took
@@ -247,6 +247,10 @@ func TestSIGKILLDuringFullCycles(t *testing.T) {
 
 	if len(have) != len(live) {
 		t.Errorf("%d snapshots listed, the writer has %d live ones", len(have), len(live))
+	}
+
+	if t.Failed() {
+		t.Logf("the writer's history:\n%s", w.history())
 	}
 
 	created, deleted := w.counts()

@@ -30,7 +30,7 @@ type writer struct {
 	deleted map[string]bool
 	pinned  map[string]bool // being verified: not to be deleted
 	errs    []string
-	events  []string
+	events  []string // what it did when, for a failure's report
 	files   int
 
 	stopc chan struct{}
@@ -235,6 +235,15 @@ func (w *writer) live() []string {
 	}
 
 	return out
+}
+
+// history returns the writer's snapshots, deletions and samples, with
+// their times.
+func (w *writer) history() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+
+	return strings.Join(w.events, "\n")
 }
 
 // unpin lets the writer delete ids again.
