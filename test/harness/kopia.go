@@ -113,6 +113,15 @@ func (k *KopiaCLI) Stdout(t testing.TB, args ...string) string {
 	return stdout.String()
 }
 
+// Output runs kopia with args and returns its standard output, its standard
+// error and the error, if any, without failing the test: for commands that
+// run on a goroutine of their own, such as a concurrent backup client.
+func (k *KopiaCLI) Output(args ...string) (stdout, stderr string, err error) {
+	var o, e bytes.Buffer
+	err = k.run(&o, &e, args)
+	return o.String(), e.String(), err
+}
+
 func (k *KopiaCLI) run(stdout, stderr *bytes.Buffer, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), KopiaCommandTimeout)
 	defer cancel()
