@@ -119,11 +119,13 @@ func writeRuleFile(t *testing.T, dir string) string {
 }
 
 // promtool runs promtool with args in dir and fails the test with its output
-// when it exits non-zero.
+// when it exits non-zero. The bound is generous: the alert unit tests that
+// evaluate days of series take over a minute of CPU, and on a machine shared
+// with other suites two minutes were once not enough.
 func promtool(t *testing.T, dir string, args ...string) string {
 	t.Helper()
 	bin := harness.ToolPath(t, "promtool")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
