@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -40,21 +41,29 @@ type buildResult struct {
 // not pile up copies.
 func BuildBinary(t testing.TB, pkg string) string {
 	t.Helper()
+	return BuildBinaryTags(t, pkg, "")
+}
+
+// BuildBinaryTags is BuildBinary with build tags (a comma-separated list for
+// go build -tags; "" for none). Each set of tags gets a binary of its own.
+func BuildBinaryTags(t testing.TB, pkg, tags string) string {
+	t.Helper()
+	key := pkg + "\x00" + tags
 	buildsMu.Lock()
-	r, ok := builds[pkg]
+	r, ok := builds[key]
 	if !ok {
 		r = &buildResult{}
-		builds[pkg] = r
+		builds[key] = r
 	}
 	buildsMu.Unlock()
-	r.once.Do(func() { r.path, r.out, r.err = build(pkg) })
+	r.once.Do(func() { r.path, r.out, r.err = build(pkg, tags) })
 	if r.err != nil {
 		t.Fatalf("build %s: %v\n%s", pkg, r.err, r.out)
 	}
 	return r.path
 }
 
-func build(pkg string) (string, []byte, error) {
+func build(pkg, tags string) (string, []byte, error) {
 	root, err := findRepoRoot()
 	if err != nil {
 		return "", nil, err
@@ -63,6 +72,9 @@ func build(pkg string) (string, []byte, error) {
 	mode := "norace"
 	if raceEnabled {
 		mode = "race"
+	}
+	if tags != "" {
+		mode += "-" + strings.ReplaceAll(tags, ",", "-")
 	}
 	dir := filepath.Join(CacheDir(), "build", hex.EncodeToString(sum[:6])+"-"+mode)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -81,6 +93,9 @@ func build(pkg string) (string, []byte, error) {
 	args := []string{"build", "-buildvcs=false", "-o", tmp.Name()}
 	if raceEnabled {
 		args = append(args, "-race")
+	}
+	if tags != "" {
+		args = append(args, "-tags", tags)
 	}
 	args = append(args, pkg)
 	ctx, cancel := context.WithTimeout(context.Background(), BuildTimeout)
