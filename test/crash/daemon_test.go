@@ -1,17 +1,16 @@
 package crash
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"net/http"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kopia-maintd/kopia-maintd/test/harness"
 )
 
 // daemon is a running kopia-maintd process whose output (JSON log lines)
@@ -209,28 +208,7 @@ func (d *daemon) waitLine(t *testing.T, from int, timeout time.Duration, what st
 func (d *daemon) metric(t *testing.T, series string) float64 {
 	t.Helper()
 
-	resp, err := http.Get("http://" + d.addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, series+" ") {
-			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, series)), 64)
-			if err != nil {
-				t.Fatalf("parse %q: %v", line, err)
-			}
-
-			return v
-		}
-	}
-
-	return -1
+	return harness.MetricValue(t, d.addr, series)
 }
 
 // defects returns the lines of the output that show a defect of the

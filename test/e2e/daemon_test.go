@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -141,28 +139,7 @@ func (d *daemon) stop(t *testing.T) {
 func (d *daemon) metric(t *testing.T, series string) float64 {
 	t.Helper()
 
-	resp, err := http.Get("http://" + d.addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, series+" ") {
-			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, series)), 64)
-			if err != nil {
-				t.Fatalf("parse %q: %v", line, err)
-			}
-
-			return v
-		}
-	}
-
-	return -1
+	return harness.MetricValue(t, d.addr, series)
 }
 
 func waitFor(t *testing.T, d *daemon, what string, timeout time.Duration, cond func() bool) {
