@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -403,10 +404,10 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 		opts.CachingOptions = content.CachingOptions{}
 	}
 
-	err = repo.Connect(ctx, m.configFile(spec.Name), st, password, opts)
+	err = writeConnection(ctx, m.configFile(spec.Name), st, opts)
 	if errors.Is(err, repo.ErrRepositoryNotInitialized) && spec.Create {
 		if err = m.create(ctx, spec, st, password, log); err == nil {
-			err = repo.Connect(ctx, m.configFile(spec.Name), st, password, opts)
+			err = writeConnection(ctx, m.configFile(spec.Name), st, opts)
 		}
 	}
 
@@ -416,6 +417,58 @@ func (m *Manager) connect(ctx context.Context, spec Spec, password string, log *
 
 	if err := writeFileAtomic(stampFile, []byte(fp), true); err != nil {
 		return fmt.Errorf("repository %q: write connection stamp: %w", spec.Name, err)
+	}
+
+	return nil
+}
+
+// writeConnection writes the kopia connection file that repo.Connect would
+// write, without repo.Connect's trial open. That open costs a key derivation
+// from the password (scrypt: 64 MiB and about 0.2 s of a core) and is made
+// again at once by the operation that asked for the connection, which then
+// reports a wrong password as it would. The format blob is read, so that a
+// storage without a repository is told apart as before.
+func writeConnection(ctx context.Context, configFile string, st blob.Storage, opts *repo.ConnectOptions) error {
+	b, found, err := getBlob(ctx, st, format.KopiaRepositoryBlobID)
+	if err != nil {
+		return fmt.Errorf("read format blob: %w", err)
+	}
+
+	if !found {
+		return repo.ErrRepositoryNotInitialized
+	}
+
+	if _, err := format.ParseKopiaRepositoryJSON(b); err != nil {
+		return err
+	}
+
+	ci := st.ConnectionInfo()
+	lc := repo.LocalConfig{
+		Storage:       &ci,
+		Caching:       &content.CachingOptions{},
+		ClientOptions: opts.ApplyDefaults(ctx, "Repository in "+st.DisplayName()),
+	}
+
+	if opts.ContentCacheSizeBytes != 0 {
+		// A zero content cache size turns every cache off, as in kopia.
+		c := opts.CachingOptions
+
+		dir, err := filepath.Abs(c.CacheDirectory)
+		if err != nil {
+			return fmt.Errorf("cache directory: %w", err)
+		}
+
+		c.CacheDirectory = dir
+		lc.Caching = &c
+	}
+
+	data, err := json.MarshalIndent(lc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode connection file: %w", err)
+	}
+
+	if err := writeFileAtomic(configFile, data, true); err != nil {
+		return fmt.Errorf("write connection file: %w", err)
 	}
 
 	return nil

@@ -187,6 +187,17 @@ func TestMissingRepositoryAndWrongPassword(t *testing.T) {
 	if _, err := m.Run(ctx, testLease(t, "good"), "good", RunRequest{Cycle: Quick}); err != nil {
 		t.Fatalf("good repository: %v", err)
 	}
+
+	// The connection file written for the wrong password stays; correcting
+	// the password is all it takes.
+	fixed := fsSpec("wrong", good, false, PolicyNever)
+	if err := m.Update([]Spec{fsSpec("missing", empty, false, PolicyNever), fixed, fsSpec("good", good, false, PolicyNever)}); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := m.Run(ctx, testLease(t, "wrong"), "wrong", RunRequest{Cycle: Quick}); err != nil {
+		t.Fatalf("after the password was corrected: %v", err)
+	}
 }
 
 // setOwner sets the maintenance owner as another client would.
