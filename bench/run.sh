@@ -13,7 +13,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tools=${KOPIA_MAINTD_TOOLS:-$HOME/.cache/kopia-maintd/tools}/bin
+tools=${KOPIA_MAINTD_TOOLS:-$HOME/.cache/kopia-maintd/tools/bin}
 kopia=$tools/kopia-v0.22.3
 minio=$tools/minio
 for t in "$kopia" "$minio"; do

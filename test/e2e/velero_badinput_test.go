@@ -99,6 +99,8 @@ func logLines(t *testing.T, logs string) []logLine {
 // repository, while a good repository of the same daemon keeps being
 // maintained; no secret appears in the log or in status.
 func TestVeleroBadInputFailsOnlyThatRepository(t *testing.T) {
+	t.Parallel()
+
 	e := newVeleroEnv(t)
 
 	unreachable := harness.FreeAddr(t) // nothing listens there

@@ -124,6 +124,8 @@ func frequency(obj *unstructured.Unstructured) string {
 // SIGTERM hands every repository back to default@default with its original
 // maintenanceFrequency; every repository still verifies with the kopia CLI.
 func TestVeleroDiscoveryEndToEnd(t *testing.T) {
+	t.Parallel()
+
 	e := newVeleroEnv(t)
 	e.addRepository(t, "app1")
 	e.addRepository(t, "app2")
