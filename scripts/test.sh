@@ -15,6 +15,11 @@ cd "$root"
 
 export KOPIA_MAINTD_CACHE=${KOPIA_MAINTD_CACHE:-$HOME/.cache/kopia-maintd}
 export KOPIA_MAINTD_TOOLS=${KOPIA_MAINTD_TOOLS:-$KOPIA_MAINTD_CACHE/tools/bin}
+# Go's build cache goes under the same surviving cache as the tools (the one
+# install-tools.sh uses), unless the environment names one: the race builds
+# of the test binaries and of the daemon they start are most of a cold run's
+# build time.
+export GOCACHE=${GOCACHE:-$KOPIA_MAINTD_CACHE/gocache}
 # A fresh clone may lack git or .git; nothing here needs VCS stamping.
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
 # Each test binary gets this long (the end-to-end package takes about 19
