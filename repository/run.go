@@ -436,6 +436,8 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 
 	if ran {
 		m.saveInspection(name, report)
+		// The next start's lookup of this repository then needs no open.
+		_, _, _ = m.rememberLastSuccess(s.ctx, s)
 	}
 
 	if runErr == nil && !ran {
@@ -640,7 +642,17 @@ func logTask(log *zap.Logger, t TaskResult) {
 // successfully, read from the repository's run history. A full cycle counts
 // when a snapshot-gc succeeded and the cycle's last task (cleanup-logs) then
 // succeeded too; a quick cycle's work is also done by a full cycle.
+//
+// The successes read are remembered with the schedule blob's length and time
+// (lastsuccess.go); while the blob is unchanged, a lookup answers from that
+// record without opening the repository.
 func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full time.Time, err error) {
+	if spec, serr := m.spec(name); serr == nil {
+		if quick, full, ok := m.cachedLastSuccess(ctx, spec); ok {
+			return quick, full, nil
+		}
+	}
+
 	s, err := m.open(ctx, name)
 	if err != nil {
 		notYet := errors.Is(err, ErrNoRepository) || errors.Is(err, os.ErrNotExist)
@@ -653,14 +665,7 @@ func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full tim
 	}
 	defer s.Close()
 
-	sched, err := s.schedule()
-	if err != nil {
-		return time.Time{}, time.Time{}, err
-	}
-
-	quick, full = lastCycleSuccess(sched.Runs)
-
-	return quick, full, nil
+	return m.rememberLastSuccess(s.ctx, s)
 }
 
 func lastCycleSuccess(runs map[maintenance.TaskType][]maintenance.RunInfo) (quick, full time.Time) {
