@@ -26,8 +26,6 @@ import (
 // below what kopia left, and `kopia snapshot verify --verify-files-percent=100`
 // and `kopia content verify` pass.
 func TestCompactionOnRepositoryMadeByKopiaCLI(t *testing.T) {
-	t.Parallel()
-
 	harness.BuildBinary(t, "./cmd/kopia-maintd")
 
 	e := newGateEnv(t, nil, "1s")
@@ -151,8 +149,6 @@ func writeMixedPackSnapshots(t *testing.T, e *gateEnv, attempt int) {
 // daemon's (it predates the new lease) instead of shutting the gate, the
 // cycles finish the compaction, and the repository verifies again.
 func TestCompactionSurvivesSIGKILL(t *testing.T) {
-	t.Parallel()
-
 	var tp *harness.Toxiproxy
 
 	e := newGateEnv(t, func(mc *harness.MinIO) string {

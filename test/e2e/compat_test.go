@@ -179,8 +179,6 @@ func daemonRuns(t *testing.T, k *harness.KopiaCLI, since time.Time) (owner strin
 // upgrades the format nor takes an upgrade lock, so v0.22.3 keeps opening
 // the repository.
 func TestRepositoryOfKopiaV0223MaintainedAndStillReadable(t *testing.T) {
-	t.Parallel()
-
 	for _, tc := range []struct {
 		name    string
 		backend func(t *testing.T) compatBackend

@@ -24,8 +24,6 @@ import (
 // bucket (kopia's blobs and the daemon's own records), and finds none of
 // the passwords or secret keys in any of them.
 func TestNoSecretAnywhere(t *testing.T) {
-	t.Parallel()
-
 	const (
 		goodPassword  = "Pa55-good-7f3c9a1e2b"
 		wrongPassword = "Pa55-wrong-c81d04e6aa"

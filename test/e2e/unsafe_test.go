@@ -199,8 +199,6 @@ func (e *gateEnv) auditLines(t *testing.T) []map[string]any {
 // in one cycle, every request is in the audit log, and the repository
 // verifies with the kopia CLI.
 func TestGateRefusesThenAllowsAndReclaimsAtOnce(t *testing.T) {
-	t.Parallel()
-
 	// Built first: compiling later would outlast the quiet period.
 	harness.BuildBinary(t, "./cmd/kopia-maintd")
 
@@ -288,8 +286,6 @@ func TestGateRefusesThenAllowsAndReclaimsAtOnce(t *testing.T) {
 // takes several seconds) cancels the cycle within watchInterval plus one
 // second; the repository verifies afterwards and a SafetyFull cycle runs.
 func TestUnsafeCycleCancelledWhenBackupStarts(t *testing.T) {
-	t.Parallel()
-
 	var tp *harness.Toxiproxy
 
 	e := newGateEnv(t, func(mc *harness.MinIO) string {

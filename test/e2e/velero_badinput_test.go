@@ -99,8 +99,6 @@ func logLines(t *testing.T, logs string) []logLine {
 // repository, while a good repository of the same daemon keeps being
 // maintained; no secret appears in the log or in status.
 func TestVeleroBadInputFailsOnlyThatRepository(t *testing.T) {
-	t.Parallel()
-
 	e := newVeleroEnv(t)
 
 	unreachable := harness.FreeAddr(t) // nothing listens there
@@ -191,10 +189,14 @@ velero:
 		return runs("good-default", "quick", "success") >= 1 && runs("good-default", "full", "success") >= 1
 	})
 
-	// The good repository keeps being maintained while the others fail.
-	before := runs("good-default", "quick", "success")
-	waitFor(t, d, "the good repository's next quick cycles", time.Minute, func() bool {
-		return runs("good-default", "quick", "success") >= before+2
+	// The good repository keeps being maintained while the others fail. A
+	// full cycle does a quick cycle's work and stands for a quick slot that
+	// comes while it runs (on a loaded machine every quick slot can fall
+	// inside a full cycle), so both count.
+	goodRuns := func() float64 { return runs("good-default", "quick", "success") + runs("good-default", "full", "success") }
+	before := goodRuns()
+	waitFor(t, d, "the good repository's next cycles", time.Minute, func() bool {
+		return goodRuns() >= before+2
 	})
 
 	for _, r := range failing {

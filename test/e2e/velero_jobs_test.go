@@ -23,8 +23,6 @@ var jobsGVR = schema.GroupVersionResource{Group: "batch", Version: "v1", Resourc
 // go on once the Job has completed. run-once also quiets Velero's
 // maintenance of the repository it took over.
 func TestVeleroActiveMaintenanceJobDefersRuns(t *testing.T) {
-	t.Parallel()
-
 	e := newVeleroEnv(t)
 	e.addRepository(t, "app1")
 	e.addRepository(t, "app2")

@@ -124,8 +124,6 @@ func frequency(obj *unstructured.Unstructured) string {
 // SIGTERM hands every repository back to default@default with its original
 // maintenanceFrequency; every repository still verifies with the kopia CLI.
 func TestVeleroDiscoveryEndToEnd(t *testing.T) {
-	t.Parallel()
-
 	e := newVeleroEnv(t)
 	e.addRepository(t, "app1")
 	e.addRepository(t, "app2")
@@ -200,7 +198,7 @@ velero:
 
 	// A third BackupRepository is picked up without a restart.
 	e.addRepository(t, "app3")
-	waitFor(t, d, "the added repository maintained", time.Minute, maintained("app3-default"))
+	waitFor(t, d, "the added repository maintained", 2*time.Minute, maintained("app3-default"))
 
 	// A deleted one stops being scheduled and its series leave /metrics.
 	if err := e.kube.Dynamic(t).Resource(backupRepositoriesGVR).Namespace("velero").Delete(context.Background(), "app2-default-kopia-x7k2p", metav1.DeleteOptions{}); err != nil {

@@ -76,8 +76,6 @@ func documentedSecretPatch(t *testing.T, name string) []byte {
 // location with no CA fails with a certificate error. No log shows the
 // secret key.
 func TestVeleroDiscoveryTLS(t *testing.T) {
-	t.Parallel()
-
 	start := time.Now()
 
 	kube := harness.StartKube(t)
