@@ -193,7 +193,9 @@ velero:
 	// full cycle does a quick cycle's work and stands for a quick slot that
 	// comes while it runs (on a loaded machine every quick slot can fall
 	// inside a full cycle), so both count.
-	goodRuns := func() float64 { return runs("good-default", "quick", "success") + runs("good-default", "full", "success") }
+	goodRuns := func() float64 {
+		return runs("good-default", "quick", "success") + runs("good-default", "full", "success")
+	}
 	before := goodRuns()
 	waitFor(t, d, "the good repository's next cycles", time.Minute, func() bool {
 		return goodRuns() >= before+2
