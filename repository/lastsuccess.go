@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kopia/kopia/repo/blob"
+	"github.com/kopia/kopia/repo/maintenance"
 )
 
 // scheduleBlobID is the blob in which kopia keeps the maintenance schedule
@@ -59,32 +60,32 @@ func (m *Manager) cachedLastSuccess(ctx context.Context, spec Spec) (quick, full
 	return rec.Quick, rec.Full, true
 }
 
-// rememberLastSuccess reads the run history of an open repository and keeps
-// it with the schedule blob's metadata, looked at before and after the read:
-// when the two differ, another client wrote the blob meanwhile and nothing is
-// kept (the next lookup opens the repository).
-func (m *Manager) rememberLastSuccess(ctx context.Context, s *session) (quick, full time.Time, err error) {
+// scheduleRemembered reads the run history of an open repository and keeps
+// its last cycle successes with the schedule blob's metadata, looked at
+// before and after the read: when the two differ, another client wrote the
+// blob meanwhile and nothing is kept (the next lookup opens the repository).
+// Every read of the history after a run or for a lookup goes through here.
+func (m *Manager) scheduleRemembered(ctx context.Context, s *session) (*maintenance.Schedule, error) {
 	before, merr := s.rep.BlobReader().GetMetadata(ctx, scheduleBlobID)
 
 	sched, err := s.schedule()
 	if err != nil {
-		return time.Time{}, time.Time{}, err
+		return nil, err
 	}
 
-	quick, full = lastCycleSuccess(sched.Runs)
-
-	if merr != nil {
-		// No schedule blob yet (never maintained) or it cannot be looked
-		// at: nothing to remember.
-		m.forgetLastSuccess(s.spec.Name)
-		return quick, full, nil
+	var after blob.Metadata
+	if merr == nil {
+		after, merr = s.rep.BlobReader().GetMetadata(ctx, scheduleBlobID)
 	}
 
-	after, merr := s.rep.BlobReader().GetMetadata(ctx, scheduleBlobID)
 	if merr != nil || after.Length != before.Length || !after.Timestamp.Equal(before.Timestamp) {
+		// No schedule blob yet (never maintained), it cannot be looked at,
+		// or it changed under the read: nothing to remember.
 		m.forgetLastSuccess(s.spec.Name)
-		return quick, full, nil
+		return sched, nil
 	}
+
+	quick, full := lastCycleSuccess(sched.Runs)
 
 	rec, err := json.Marshal(lastSuccessRecord{
 		Storage: s.spec.Storage.fingerprint(),
@@ -102,7 +103,7 @@ func (m *Manager) rememberLastSuccess(ctx context.Context, s *session) (quick, f
 		s.log.Debug("remember last cycle successes: " + err.Error())
 	}
 
-	return quick, full, nil
+	return sched, nil
 }
 
 func (m *Manager) forgetLastSuccess(name string) {

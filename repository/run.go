@@ -426,8 +426,9 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 
 	report.End = m.opts.Now()
 
-	if tasks, terr := m.tasksSince(s, report.Start); terr == nil {
-		report.Tasks = tasks
+	// The next start's lookup of this repository then needs no open.
+	if sched, terr := m.scheduleRemembered(s.ctx, s); terr == nil {
+		report.Tasks = tasksSince(sched, report.Start)
 	} else if runErr == nil {
 		runErr = terr
 	}
@@ -436,8 +437,6 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 
 	if ran {
 		m.saveInspection(name, report)
-		// The next start's lookup of this repository then needs no open.
-		_, _, _ = m.rememberLastSuccess(s.ctx, s)
 	}
 
 	if runErr == nil && !ran {
@@ -550,12 +549,7 @@ func writeNextTimes(ctx context.Context, dw repo.DirectRepositoryWriter, req Run
 
 // tasksSince returns the tasks recorded in the run history that started at
 // or after since, oldest first.
-func (m *Manager) tasksSince(s *session, since time.Time) ([]TaskResult, error) {
-	sched, err := s.schedule()
-	if err != nil {
-		return nil, err
-	}
-
+func tasksSince(sched *maintenance.Schedule, since time.Time) []TaskResult {
 	var out []TaskResult
 
 	for task, runs := range sched.Runs {
@@ -570,7 +564,7 @@ func (m *Manager) tasksSince(s *session, since time.Time) ([]TaskResult, error) 
 
 	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
 
-	return out, nil
+	return out
 }
 
 func taskResult(task string, r maintenance.RunInfo) TaskResult {
@@ -665,7 +659,14 @@ func (m *Manager) LastSuccess(ctx context.Context, name string) (quick, full tim
 	}
 	defer s.Close()
 
-	return m.rememberLastSuccess(s.ctx, s)
+	sched, err := m.scheduleRemembered(s.ctx, s)
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+
+	quick, full = lastCycleSuccess(sched.Runs)
+
+	return quick, full, nil
 }
 
 func lastCycleSuccess(runs map[maintenance.TaskType][]maintenance.RunInfo) (quick, full time.Time) {
