@@ -215,6 +215,44 @@ func TestFreeAddrIsBindable(t *testing.T) {
 	l.Close()
 }
 
+// Ports handed out stay reserved until the test ends: a second caller, in
+// this process or another, never gets the same one, and none lies in the
+// kernel's ephemeral range, where outbound connections take their source
+// ports.
+func TestFreePortReservesItsPorts(t *testing.T) {
+	t.Parallel()
+	lo, hi := listenPortRange()
+	dir, err := portLockDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for range 40 {
+		port := FreePort(t)
+		if port < lo || port >= hi {
+			t.Fatalf("port %d outside %d-%d", port, lo, hi-1)
+		}
+		if seen[port] {
+			t.Fatalf("port %d handed out twice", port)
+		}
+		seen[port] = true
+		if f, ok := lockPort(dir, port); ok {
+			f.Close()
+			t.Fatalf("port %d could be locked again while reserved", port)
+		}
+	}
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var first, last int
+		if _, err := fmt.Sscan(string(data), &first, &last); err == nil {
+			for port := range seen {
+				if port >= first && port <= last {
+					t.Fatalf("port %d inside the ephemeral range %d-%d", port, first, last)
+				}
+			}
+		}
+	}
+}
+
 // fatalRecorder is a testing.TB whose Fatalf records the message and ends the
 // goroutine, as the real one does, without failing the enclosing test.
 type fatalRecorder struct {

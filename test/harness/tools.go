@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -110,21 +112,94 @@ func findRepoRoot() (string, error) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. Another
-// process may take it before the caller binds it; servers started by this
-// package retry with a new port when that happens.
+// FreePort returns a TCP port on 127.0.0.1 that is free and reserved for the
+// test until it ends.
+//
+// Two things can take a port between the check and the caller's bind. Another
+// test process can pick the same one: every port handed out is locked in a
+// file under /tmp/kopia-maintd-ports (flock, released when the test ends or
+// its process dies), and other processes skip locked ports. And any outbound
+// connection on the machine can get it as its source port, when it lies in
+// the kernel's ephemeral range: ports are therefore taken below that range.
+// Servers started by this package still retry with a new port if a bind
+// fails.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi := listenPortRange()
+	dir, err := portLockDir()
 	if err != nil {
 		t.Fatalf("find a free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	span := hi - lo
+	start := rand.IntN(span)
+	for i := range span {
+		port := lo + (start+i)%span
+		lock, ok := lockPort(dir, port)
+		if !ok {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			lock.Close()
+			continue
+		}
+		l.Close()
+		t.Cleanup(func() { lock.Close() })
+		return port
+	}
+	t.Fatalf("find a free port: none free in %d-%d", lo, hi-1)
+	return 0
 }
 
-// FreeAddr returns "127.0.0.1:<port>" for a port that was free a moment ago
-// (see FreePort).
+// listenPortRange is the range [lo, hi) FreePort picks from: the ports below
+// the kernel's ephemeral range, from 10000 on.
+func listenPortRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var first, last int
+	if _, err := fmt.Sscan(string(data), &first, &last); err != nil {
+		return lo, hi
+	}
+	if first-lo >= 2000 {
+		return lo, first
+	}
+	// The ephemeral range starts low; take the ports above it instead.
+	if last < 65535-2000 {
+		return last + 1, 65536
+	}
+	return lo, hi
+}
+
+// portLockDir is the directory of the port locks. It is the same for every
+// test process whatever its TMPDIR (the soak step sets its own), under /tmp,
+// or under the temporary directory where /tmp cannot be written.
+func portLockDir() (string, error) {
+	dir := "/tmp/kopia-maintd-ports"
+	if err := os.MkdirAll(dir, 0o777); err == nil {
+		return dir, nil
+	}
+	dir = filepath.Join(os.TempDir(), "kopia-maintd-ports")
+	return dir, os.MkdirAll(dir, 0o777)
+}
+
+// lockPort takes the cross-process lock of port, or reports that another
+// process holds it.
+func lockPort(dir string, port int) (*os.File, bool) {
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", port)), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, false
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, false
+	}
+	return f, true
+}
+
+// FreeAddr returns "127.0.0.1:<port>" for a port from FreePort.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
