@@ -279,10 +279,14 @@ func (s *session) schedule() (*maintenance.Schedule, error) {
 
 // kopiaContext routes kopia's logs into zap. kopia narrates its work at Info;
 // those lines are demoted to Debug so the daemon's own per-run and per-task
-// lines stay the Info-level story.
-func (m *Manager) kopiaContext(ctx context.Context, log *zap.Logger) context.Context {
+// lines stay the Info-level story. Once run is cancelled (a shutdown, a lost
+// lease, a backup that stops a safety=none cycle), kopia's warnings and errors
+// are demoted to Debug as well: they are the cancellation's echo ("unable to
+// report run: context canceled"), and the daemon reports the cancellation
+// itself.
+func (m *Manager) kopiaContext(ctx, run context.Context, log *zap.Logger) context.Context {
 	kl := log.Named("kopia").WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return demoteInfo{c}
+		return kopiaCore{Core: c, run: run}
 	}))
 
 	return logging.WithLogger(ctx, func(module string) logging.Logger {
@@ -320,8 +324,9 @@ func (m *Manager) openWith(ctx context.Context, name string, contentLog io.Write
 		return nil, fmt.Errorf("repository %q: read password: %w", name, err)
 	}
 
+	run := ctx
 	ctx, cancel := context.WithCancel(ctx)
-	kctx := m.kopiaContext(ctx, log)
+	kctx := m.kopiaContext(ctx, run, log)
 
 	if !create {
 		spec.Create = false
@@ -541,29 +546,34 @@ func (m *Manager) openError(spec Spec, err error) error {
 	}
 }
 
-// demoteInfo lowers kopia's Info entries to Debug.
-type demoteInfo struct{ zapcore.Core }
+// kopiaCore sets the level of kopia's entries (see kopiaContext).
+type kopiaCore struct {
+	zapcore.Core
+	run context.Context
+}
 
-func (d demoteInfo) With(f []zapcore.Field) zapcore.Core { return demoteInfo{d.Core.With(f)} }
+func (k kopiaCore) With(f []zapcore.Field) zapcore.Core {
+	return kopiaCore{Core: k.Core.With(f), run: k.run}
+}
 
-func (d demoteInfo) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if e.Level == zapcore.InfoLevel {
-		e.Level = zapcore.DebugLevel
+func (k kopiaCore) level(l zapcore.Level) zapcore.Level {
+	switch {
+	case l == zapcore.InfoLevel:
+		return zapcore.DebugLevel
+	case k.run.Err() != nil && (l == zapcore.WarnLevel || l == zapcore.ErrorLevel):
+		return zapcore.DebugLevel
 	}
 
-	if d.Enabled(e.Level) {
-		return ce.AddCore(e, d)
+	return l
+}
+
+func (k kopiaCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	e.Level = k.level(e.Level)
+	if k.Enabled(e.Level) {
+		return ce.AddCore(e, k)
 	}
 
 	return ce
-}
-
-func (d demoteInfo) Write(e zapcore.Entry, f []zapcore.Field) error {
-	if e.Level == zapcore.InfoLevel {
-		e.Level = zapcore.DebugLevel
-	}
-
-	return d.Core.Write(e, f)
 }
 
 func (m *Manager) lastHealth(name string) *Health {
