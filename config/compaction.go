@@ -15,9 +15,11 @@ const (
 	DefaultCompactionMaxBytesPerCycle   = 2 << 30
 )
 
-// Compaction configures the compact-live step of full cycles: rewriting the
-// live contents of packs that are mostly dead, so kopia's own maintenance
-// can delete the deleted data it would otherwise keep for good.
+// Compaction configures the compact-live step of full cycles, the cycle's
+// rewrite in place of kopia's: rewriting the live contents of short packs
+// and of packs that are mostly dead, and never the deleted ones, so kopia's
+// own maintenance can delete the deleted data it would otherwise keep for
+// good.
 type Compaction struct {
 	// Enabled turns the step on.
 	Enabled bool

@@ -83,7 +83,7 @@ func newDescs(info BuildInfo) *descs {
 		leaseLosses:       d("lease_losses_total", "Leases on the repository lost while held, by reason (expired, renew-failed, taken).", "repository", "reason"),
 		leaseSkips:        d("lease_skips_total", "Maintenance runs skipped because another process holds the repository's lease.", "repository"),
 
-		compactionRewritten: d("compaction_rewritten_bytes_total", "Live bytes the compact-live step rewrote out of packs mostly holding dead data.", "repository"),
+		compactionRewritten: d("compaction_rewritten_bytes_total", "Live bytes the compact-live step rewrote out of short packs and packs mostly holding dead data.", "repository"),
 		compactionBelow:     d("compaction_packs_below_threshold", "Packs whose live data fills less than the compaction live-ratio threshold, at the last full cycle.", "repository"),
 		deadBytes:           d("dead_bytes", "Bytes in packs not referenced by live contents (deleted contents, orphaned packs, pack overhead), at the last full cycle.", "repository"),
 		compactionEnabled:   d("compaction_enabled", "1 when the compact-live step is on for the repository, as seen by the last full cycle.", "repository"),

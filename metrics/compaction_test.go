@@ -14,7 +14,7 @@ var compactionNames = []string{
 }
 
 const compactionHelp = `
-# HELP kopia_maintenance_compaction_rewritten_bytes_total Live bytes the compact-live step rewrote out of packs mostly holding dead data.
+# HELP kopia_maintenance_compaction_rewritten_bytes_total Live bytes the compact-live step rewrote out of short packs and packs mostly holding dead data.
 # TYPE kopia_maintenance_compaction_rewritten_bytes_total counter
 `
 

@@ -21,14 +21,18 @@ import (
 // hold live data (kopia #76, "rewrite contents in packs with holes").
 //
 // Kopia's full rewrite picks packs that are short by their total indexed
-// size, deleted entries included, and holds back a lone short pack; a pack
-// that a rewrite filled with live and deleted contents is therefore never
-// rewritten again, and the deleted data stays for good. The step measures
-// each pack's live ratio (the packed length of its live contents over the
-// pack's stored length) and rewrites the live contents of packs below the
-// threshold with kopia's own RewriteContents, recorded as kopia's full
-// rewrite, so that kopia's rewrite/delete alternation and its margins
-// decide when the emptied packs are deleted. The step never deletes.
+// size, deleted entries included, holds back a lone short pack, and copies
+// deleted entries along with live ones, with fresh timestamps. A pack that
+// a rewrite filled with live and deleted contents is therefore never
+// rewritten again, and in a repository that keeps getting small backups
+// the copied deleted entries are never old enough to drop. The step is the
+// full cycle's rewrite in place of kopia's: it moves only live contents,
+// of the short packs kopia would consolidate and of packs whose live ratio
+// (the packed length of live contents over the pack's stored length) is
+// below the threshold, with kopia's own RewriteContents, recorded as
+// kopia's full rewrite, so that kopia's rewrite/delete alternation and its
+// margins decide when the emptied packs are deleted. The step never
+// deletes.
 //
 // The zero value is the default: on, threshold 0.5, 2 GiB per cycle.
 type Compaction struct {
@@ -97,14 +101,15 @@ type CompactionResult struct {
 	Skipped string `json:"skipped,omitempty"`
 	// Packs is how many pack blobs were measured; BelowThreshold how many
 	// hold live data below the threshold, with their live and dead bytes.
-	// Awaiting counts those of them that still hold deleted index entries:
-	// they become candidates once kopia drops the entries from the index.
 	Packs          int   `json:"packs"`
 	BelowThreshold int   `json:"belowThreshold"`
 	BelowLiveBytes int64 `json:"belowLiveBytes"`
 	BelowDeadBytes int64 `json:"belowDeadBytes"`
-	AwaitingPacks  int   `json:"awaitingPacks"`
-	AwaitingBytes  int64 `json:"awaitingBytes"`
+	// ShortPacks and ShortBytes are the short packs whose live contents
+	// the step consolidates in place of kopia's full rewrite, and their
+	// live bytes.
+	ShortPacks int   `json:"shortPacks"`
+	ShortBytes int64 `json:"shortBytes"`
 	// DeadBytes is the stored size of all packs minus their live contents:
 	// bytes not referenced by live contents (deleted contents, packs no
 	// index entry refers to, per-pack overhead).
@@ -143,49 +148,72 @@ func (p packLive) ratio() float64 {
 
 // compactionPlan is the choice of packs for one cycle.
 type compactionPlan struct {
-	// below holds the candidates, worst first; selected is the prefix of
-	// it this cycle rewrites.
+	// short holds the short packs whose live contents the cycle
+	// consolidates in place of kopia's own full rewrite.
+	short []packLive
+	// below holds the sparse candidates, worst first; selected is the
+	// prefix of it this cycle rewrites.
 	below    []packLive
 	selected []packLive
-	// awaiting holds packs below the threshold that still hold deleted
-	// index entries: kopia must drop those first.
-	awaiting []packLive
 	dead     int64
 }
 
-// planCompaction picks the packs to compact: packs that hold live data at a
-// ratio below threshold and at least compactionMinDeadBytes of dead space,
-// lowest ratio first (then most dead bytes, then by
-// ID, so the order is stable), as many as fit in maxBytes of live data.
+// planCompaction picks the packs whose live contents one cycle rewrites.
 //
-// Packs without live data are not candidates: kopia deletes them once no
-// index entry refers to them. Nor are packs that still hold deleted index
-// entries: moving their live contents out would leave a pack of deleted
-// entries only, which kopia's full rewrite treats as a short pack and, when
-// another short pack exists, copies (deleted entries included, with fresh
-// timestamps) into a new pack beside live data again, before its
-// drop-deleted-content step could drop them: the gap would reopen every
-// other cycle. Once kopia has dropped the deleted entries (two snapshot GCs
-// after the marking), the pack holds only live entries; after compaction it
-// holds none, and kopia's full rewrite never looks at it again. The
-// exception: deleted entries of at least shortLimit (kopia's short-pack
-// limit, 60 % of the maximum pack size) leave a remainder kopia does not
-// count as short, so it never rewrites it and drops the entries on time.
+// Short packs, as kopia's full rewrite picks them: a total indexed size
+// (deleted entries included) below shortLimit, 60 % of the maximum pack
+// size, and per prefix only once two of them hold live data (kopia holds a
+// lone short pack back, since rewriting it would only make another). Kopia
+// would rewrite their deleted entries too, with fresh timestamps, which
+// postpones their drop from the index to two snapshot GCs after the copy;
+// as kopia rewrites short packs every other full cycle, a deleted entry in a
+// short pack is then never dropped and its data never freed. The step moves
+// the live contents only: the deleted entries stay where they are, kopia
+// drops them two snapshot GCs after their marking as it does in any other
+// pack, and the emptied pack goes with the next deletion of orphaned packs.
+// They are not bounded, as kopia's own rewrite is not, and compactLive
+// takes them on the days kopia's rewrite would run only.
+//
+// Sparse packs: live data at a ratio below threshold and at least
+// compactionMinDeadBytes of dead space, lowest ratio first (then most dead
+// bytes, then by ID, so the order is stable), as many as fit in maxBytes of
+// live data. Packs without live data are kopia's: it deletes them once no
+// index entry refers to them.
 func planCompaction(packs []packLive, threshold float64, maxBytes, shortLimit int64) compactionPlan {
 	var plan compactionPlan
+
+	shortByPrefix := map[byte][]packLive{}
 
 	for _, p := range packs {
 		plan.dead += max(p.length-p.live, 0)
 
-		switch {
-		case p.live == 0 || p.ratio() >= threshold || p.length-p.live < compactionMinDeadBytes:
-		case p.deleted > 0 && p.deleted < shortLimit:
-			plan.awaiting = append(plan.awaiting, p)
-		default:
+		if p.live == 0 {
+			continue
+		}
+
+		if p.live+p.deleted < shortLimit && p.id != "" {
+			shortByPrefix[p.id[0]] = append(shortByPrefix[p.id[0]], p)
+			continue
+		}
+
+		if p.ratio() < threshold && p.length-p.live >= compactionMinDeadBytes {
 			plan.below = append(plan.below, p)
 		}
 	}
 
+	for _, short := range shortByPrefix {
+		if len(short) >= 2 {
+			plan.short = append(plan.short, short...)
+			continue
+		}
+
+		// A lone short pack is still compacted when it is sparse.
+		if p := short[0]; p.ratio() < threshold && p.length-p.live >= compactionMinDeadBytes {
+			plan.below = append(plan.below, p)
+		}
+	}
+
+	slices.SortFunc(plan.short, func(a, b packLive) int { return cmp.Compare(a.id, b.id) })
 	slices.SortFunc(plan.below, func(a, b packLive) int {
 		if c := cmp.Compare(a.ratio(), b.ratio()); c != 0 {
 			return c
@@ -235,6 +263,18 @@ func compactionDue(s *maintenance.Schedule) bool {
 	lastDelete := maxTime(newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsFull]).End, newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsQuick]).End)
 
 	return lastRewrite.IsZero() || !lastDelete.Before(lastRewrite)
+}
+
+// fullRewriteDue mirrors kopia's shouldFullRewriteContents: kopia's full
+// cycle rewrites short packs unless the newest full rewrite is newer than
+// the newest deletion of orphaned packs. When it is due, the step records a
+// rewrite even if it moves nothing, so that kopia's own, which would copy
+// deleted entries, does not run in the cycle.
+func fullRewriteDue(s *maintenance.Schedule, params maintenance.SafetyParameters) bool {
+	lastRewrite := newestSuccess(s.Runs[maintenance.TaskRewriteContentsFull]).End
+	lastDelete := maxTime(newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsFull]).End, newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsQuick]).End)
+
+	return lastRewrite.IsZero() || params.MinRewriteToOrphanDeletionDelay == 0 || !lastDelete.Before(lastRewrite)
 }
 
 // rewroteSomething reports whether a rewrite run's statistics show any
@@ -318,18 +358,21 @@ func liveContentsOf(ctx context.Context, dr repo.DirectRepository, packs []packL
 	return ids, nil
 }
 
-// compactLive is the compact-live step, run inside kopia's RunExclusive
-// callback after kopia's full-cycle tasks succeeded, under the cycle's own
-// safety parameters. It rewrites the live contents of the selected packs
-// with kopia's RewriteContents, recorded through ReportRun as a full
-// rewrite: kopia's next cycles then delete the emptied packs after the
-// rewrite-to-deletion delay and, for deleted entries, after dropping them
-// from the index, exactly as for packs kopia's own rewrite emptied.
+// compactLive is the compact-live step: the full cycle's rewrite, run
+// inside kopia's RunExclusive callback after snapshot GC and before kopia's
+// own full-cycle tasks, under the cycle's own safety parameters. It rewrites
+// the live contents of the planned packs (planCompaction) with kopia's
+// RewriteContents, recorded through ReportRun as kopia's full rewrite:
+// kopia's own rewrite of the cycle then does not run (it would copy deleted
+// entries), and kopia's tasks that follow drop the deleted entries and,
+// in a later cycle, delete the emptied packs after their margins, exactly
+// as for packs kopia's own rewrite emptied. The step never deletes.
 func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compaction, params maintenance.SafetyParameters, log *zap.Logger) (*CompactionResult, error) {
 	res := &CompactionResult{Threshold: cfg.threshold(), MaxBytes: cfg.maxBytes(), Start: dw.Time()}
 	defer func() { res.End = dw.Time() }()
 
-	// Off means off: not even the measurement.
+	// Off means off: not even the measurement, and kopia's own rewrite
+	// runs as it would without the daemon.
 	if cfg.Disabled {
 		res.Skipped = CompactionDisabled
 		return res, nil
@@ -353,25 +396,39 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 		return res, fmt.Errorf("read maintenance schedule: %w", err)
 	}
 
+	// Short packs are consolidated on kopia's rewrite days only, as kopia
+	// would: the alternation of rewrites and deletions keeps its phase.
+	kopiaDue := fullRewriteDue(sched, params)
+	if !kopiaDue {
+		plan.short = nil
+		res.ShortPacks, res.ShortBytes = 0, 0
+	}
+
+	work := len(plan.short) + len(plan.selected)
+
 	switch {
-	case len(plan.selected) == 0:
-		res.Skipped = CompactionNothingToDo
-	case !compactionDue(sched):
+	case !kopiaDue && !compactionDue(sched):
 		res.Skipped = CompactionRewritePending
+	case work == 0:
+		res.Skipped = CompactionNothingToDo
 	}
 
 	if res.Skipped != "" {
-		res.SelectedPacks, res.SelectedBytes = 0, 0
-		res.PendingPacks, res.PendingBytes = len(plan.below), res.BelowLiveBytes-res.AwaitingBytes
+		res.SelectedPacks, res.SelectedBytes, res.ShortPacks, res.ShortBytes = 0, 0, 0, 0
+		res.PendingPacks, res.PendingBytes = len(plan.below), res.BelowLiveBytes
 
 		log.Debug("compact-live skipped", zap.String("reason", res.Skipped), zap.Int("packs_below_threshold", res.BelowThreshold), zap.Int64("dead_bytes", res.DeadBytes))
 
-		return res, nil
+		if !kopiaDue {
+			return res, nil
+		}
 	}
 
-	ids, err := liveContentsOf(ctx, dw, plan.selected)
-	if err != nil {
-		return res, err
+	var ids []content.ID
+	if work > 0 {
+		if ids, err = liveContentsOf(ctx, dw, append(slices.Clip(plan.short), plan.selected...)); err != nil {
+			return res, err
+		}
 	}
 
 	err = maintenance.ReportRun(ctx, dw, maintenance.TaskRewriteContentsFull, sched, func() (maintenancestats.Kind, error) {
@@ -384,13 +441,18 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 		return stats, err
 	})
 	if err != nil {
-		return res, fmt.Errorf("rewrite live contents of %s: %w", countPacks(len(plan.selected)), err)
+		return res, fmt.Errorf("rewrite live contents of %s: %w", countPacks(work), err)
 	}
 
-	log.Info("compact-live rewrote live contents of sparse packs",
-		zap.Int("packs", res.SelectedPacks), zap.Int64("rewritten_bytes", res.RewrittenBytes),
-		zap.Int64("retained_bytes", res.RetainedBytes), zap.Int("pending_packs", res.PendingPacks),
-		zap.Int64("pending_bytes", res.PendingBytes), zap.Int64("dead_bytes", res.DeadBytes))
+	if work == 0 {
+		return res, nil
+	}
+
+	log.Info("compact-live rewrote live contents",
+		zap.Int("short_packs", res.ShortPacks), zap.Int("sparse_packs", res.SelectedPacks),
+		zap.Int64("rewritten_bytes", res.RewrittenBytes), zap.Int64("retained_bytes", res.RetainedBytes),
+		zap.Int("pending_packs", res.PendingPacks), zap.Int64("pending_bytes", res.PendingBytes),
+		zap.Int64("dead_bytes", res.DeadBytes))
 
 	return res, nil
 }
@@ -399,13 +461,11 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 func (r *CompactionResult) fill(packs []packLive, plan compactionPlan) {
 	r.Packs = len(packs)
 	r.DeadBytes = plan.dead
-	r.BelowThreshold = len(plan.below) + len(plan.awaiting)
-	r.AwaitingPacks = len(plan.awaiting)
+	r.BelowThreshold = len(plan.below)
+	r.ShortPacks = len(plan.short)
 
-	for _, p := range plan.awaiting {
-		r.BelowLiveBytes += p.live
-		r.BelowDeadBytes += p.length - p.live
-		r.AwaitingBytes += p.live
+	for _, p := range plan.short {
+		r.ShortBytes += p.live
 	}
 
 	for i, p := range plan.below {
@@ -434,7 +494,16 @@ func (r *CompactionResult) Explain() string {
 
 	switch r.Skipped {
 	case "":
-		fmt.Fprintf(&b, "rewrote %s of live data out of %s below live ratio %v", HumanBytes(r.RewrittenBytes), countPacks(r.SelectedPacks), r.Threshold)
+		var from []string
+		if r.SelectedPacks > 0 {
+			from = append(from, fmt.Sprintf("%s below live ratio %v", countPacks(r.SelectedPacks), r.Threshold))
+		}
+
+		if r.ShortPacks > 0 {
+			from = append(from, strings.Replace(countPacks(r.ShortPacks), "pack", "short pack", 1))
+		}
+
+		fmt.Fprintf(&b, "rewrote %s of live data out of %s", HumanBytes(r.RewrittenBytes), strings.Join(from, " and "))
 
 		if r.RetainedBytes > 0 {
 			fmt.Fprintf(&b, " (%s too young to rewrite yet)", HumanBytes(r.RetainedBytes))
@@ -444,18 +513,10 @@ func (r *CompactionResult) Explain() string {
 	case CompactionRewritePending:
 		fmt.Fprintf(&b, "waiting: the packs the last rewrite emptied must be deleted first (kopia's rewrite/delete alternation); %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
 	default:
-		if r.BelowThreshold > 0 {
-			fmt.Fprintf(&b, "nothing to rewrite yet: %s below live ratio %v", countPacks(r.BelowThreshold), r.Threshold)
-		} else {
-			fmt.Fprintf(&b, "nothing to do: no pack below live ratio %v", r.Threshold)
-		}
+		fmt.Fprintf(&b, "nothing to do: no pack below live ratio %v", r.Threshold)
 	}
 
 	fmt.Fprintf(&b, "; %s dead in all packs", HumanBytes(r.DeadBytes))
-
-	if r.AwaitingPacks > 0 {
-		fmt.Fprintf(&b, "; %s waiting for kopia to drop deleted entries", countPacks(r.AwaitingPacks))
-	}
 
 	if r.Skipped == "" && r.PendingPacks > 0 {
 		fmt.Fprintf(&b, "; %s (%s of live data) wait for the next cycles: maxBytesPerCycle is %s", countPacks(r.PendingPacks), HumanBytes(r.PendingBytes), HumanBytes(r.MaxBytes))

@@ -322,13 +322,13 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 	end := s.deletedAt.Add(8 * 24 * time.Hour)
 	target := func() int64 { return s.liveBytes * 105 / 100 }
 
-	// A client snapshots while the compact-live step runs: armed before
-	// the full cycle whose step rewrites, it fires at the first data pack
-	// that cycle writes (kopia's own tasks then write none: its rewrite of
-	// that cycle finds nothing), i.e. while the step's rewritten pack is
-	// being stored and before its index entries are. Half of the
-	// snapshot's files are the live snapshot's own, so it deduplicates
-	// against the very contents being moved.
+	// A client snapshots while the compact-live step runs: armed after the
+	// full cycle that waits for the deletion of what the first rewrite
+	// orphaned, it fires at the first data pack the next full cycle writes
+	// (the step is the only writer of data packs in a cycle), i.e. while
+	// the step's rewritten pack is being stored and before its index
+	// entries are. Half of the snapshot's files are the live snapshot's
+	// own, so it deduplicates against the very contents being moved.
 	var (
 		armed, fired atomic.Bool
 		concurrent   = newTestClient(t, s.hs, testPassword, "bob", "desktop", s.clk.Now)
@@ -366,30 +366,30 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 	var (
 		reachedAt time.Time
 		// predicted maps a full cycle to when its reclaim explanation said
-		// compaction would have freed the mixed pack.
+		// the deleted data would all be gone.
 		predicted = map[time.Time]time.Time{}
 	)
 
 	s.hourly(end, func(now time.Time, rep *Report) {
 		total := s.st.totalBytes("p")
 
-		// Arm before the cycle whose step is predicted to rewrite.
-		if r := rep.Reclaim; now.Hour() == 0 && r != nil && r.Compaction != nil && !fired.Load() {
-			if r.Compaction.AllEligibleAt.Equal(now.Add(48 * time.Hour)) {
-				armed.Store(true)
-			}
+		if c := rep.Compaction; now.Hour() == 0 && c != nil && c.Skipped == CompactionRewritePending && !fired.Load() {
+			armed.Store(true)
 		}
 
 		if now.Hour() == 0 {
 			t.Logf("%s (D%+.0fh) full cycle: pack bytes %d: %s; compaction %+v", now.Format(time.DateTime), now.Sub(s.deletedAt).Hours(), total, fullSummaries(rep), rep.Compaction)
 
-			if r := rep.Reclaim; r != nil && r.Compaction != nil {
+			// Once snapshot GC has marked the deleted contents (the cycle
+			// whose step moved the live data out), the explanation must
+			// say when they go.
+			if r := rep.Reclaim; r != nil && fired.Load() && (r.RetainedBytes > 0 || r.Compaction != nil) {
 				t.Logf("  reclaim: %s", r.Explain())
 
-				predicted[now] = r.Compaction.AllEligibleAt
+				predicted[now] = r.AllEligibleAt
 
 				if r.EligibleAt.IsZero() {
-					t.Errorf("%s: compaction outlook %+v but no EligibleAt: the metric would have no value", now.Format(time.DateTime), r.Compaction)
+					t.Errorf("%s: %s retained but no EligibleAt: the metric would have no value", now.Format(time.DateTime), HumanBytes(r.RetainedBytes))
 				}
 			}
 		}
@@ -413,7 +413,7 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 	// Every prediction made while the mixed pack was there named the full
 	// cycle that then freed it.
 	if len(predicted) == 0 {
-		t.Error("no full cycle explained the mixed pack's dead data as compaction's to free")
+		t.Error("no full cycle explained when the deleted data would go")
 	}
 
 	for at, want := range predicted {
@@ -430,13 +430,13 @@ func TestCompactionReclaimsMixedPackUnderSafetyFull(t *testing.T) {
 
 	// Virtual day 0 is the day of the deletion (day 1 of the simulation);
 	// "by day 5" is before day 6 begins. In hours that is D+141h here, and
-	// it cannot be sooner with daily full cycles: kopia's mixing rewrite
-	// (D+21h) refreshed the deleted contents' timestamps, so snapshot GC
-	// marks them only at D+69h; dropping the marks takes a second GC
-	// (D+117h); only then may the step move the live data out without
-	// leaving kopia a short pack of deleted entries to mix again; and the
-	// emptied pack goes at the next full cycle (kopia's 1h delay after a
-	// rewrite).
+	// it cannot be sooner with daily full cycles: the first rewrite (D+21h)
+	// consolidated the short packs while the deleted contents were too
+	// young to mark, so they moved as live, with fresh timestamps, and
+	// snapshot GC marks them only at D+69h, when the step moves the live
+	// data out of the mixed pack; dropping the marks takes a second GC
+	// (D+117h), a rewrite day, on which kopia deletes nothing; the emptied
+	// pack goes at the next full cycle.
 	day6 := s.deletedAt.Truncate(24 * time.Hour).Add(6 * 24 * time.Hour)
 	if reachedAt.After(day6) {
 		t.Errorf("reclaimed at %s (D+%.0fh), want by the end of virtual day 5 (%s)", reachedAt.Format(time.DateTime), reachedAt.Sub(s.deletedAt).Hours(), day6.Format(time.DateTime))
@@ -500,8 +500,7 @@ func TestCompactionReclaimsMixedPackUnderSafetyNone(t *testing.T) {
 // compact-live step rewrites the mixed pack is cancelled in the middle of
 // the step (at its first write of a data pack, as a killed process would
 // stop); the cycle fails, the repository reads back intact, and the next
-// full cycles complete the work: pack bytes fall to the live size one day
-// later than without the interruption.
+// full cycles complete the work: pack bytes fall to the live size.
 func TestCompactionCompletesAfterAnInterruptedStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-day simulation")
@@ -557,9 +556,8 @@ func TestCompactionCompletesAfterAnInterruptedStep(t *testing.T) {
 		case cycle == Full:
 			t.Logf("%s (D%+.0fh) full cycle: pack bytes %d; compaction %s", now.Format(time.DateTime), now.Sub(s.deletedAt).Hours(), s.st.totalBytes("p"), rep.Compaction.Explain())
 
-			// Arm for the cycle predicted to compact (the one before the
-			// predicted deletion).
-			if r := rep.Reclaim; interrupted.IsZero() && r != nil && r.Compaction != nil && r.Compaction.AllEligibleAt.Equal(now.Add(48*time.Hour)) {
+			// Arm for the next rewrite day, the one that compacts.
+			if c := rep.Compaction; interrupted.IsZero() && c != nil && c.Skipped == CompactionRewritePending {
 				armed.Store(true)
 			}
 		}

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,8 +24,8 @@ func TestPlanCompaction(t *testing.T) {
 		threshold float64
 		maxBytes  int64
 		selected  []blob.ID
+		short     []blob.ID
 		pending   int
-		awaiting  int
 		dead      int64
 	}{
 		{
@@ -40,16 +41,32 @@ func TestPlanCompaction(t *testing.T) {
 			selected: []blob.ID{"p1"}, dead: 12 * mib,
 		},
 		{
-			name:      "a mixed pack still holding deleted entries waits for the drop",
+			name:      "a mixed pack still holding deleted entries: its live contents move at once",
 			packs:     []packLive{pack("p1", 15*mib, 4*mib, 11*mib)},
 			threshold: 0.5, maxBytes: 1 << 30,
-			awaiting: 1, dead: 11 * mib,
+			selected: []blob.ID{"p1"}, dead: 11 * mib,
 		},
 		{
-			name:      "deleted entries that kopia would not count as a short pack need not wait",
-			packs:     []packLive{pack("p1", 20*mib, 6*mib, 14*mib)},
+			name: "short packs: live contents consolidated once two of a prefix hold live data",
+			packs: []packLive{
+				pack("p1", 2*mib, mib, mib/2), pack("p2", 3*mib, 3*mib, 0),
+				pack("q1", mib, mib, 0), // a lone short pack of its prefix
+				pack("p3", 20*mib, 19*mib, 0),
+			},
 			threshold: 0.5, maxBytes: 1 << 30,
-			selected: []blob.ID{"p1"}, dead: 14 * mib,
+			short: []blob.ID{"p1", "p2"}, dead: 2 * mib,
+		},
+		{
+			name:      "a short pack of deleted entries only does not count as a second",
+			packs:     []packLive{pack("p1", 2*mib, 2*mib, 0), pack("p2", mib, 0, mib)},
+			threshold: 0.5, maxBytes: 1 << 30,
+			dead: mib,
+		},
+		{
+			name:      "short packs are not bounded",
+			packs:     []packLive{pack("p1", 11*mib, 11*mib, 0), pack("p2", 11*mib, 11*mib, 0), pack("p3", 20*mib, 2*mib, 10*mib)},
+			threshold: 0.5, maxBytes: mib,
+			short: []blob.ID{"p1", "p2"}, selected: []blob.ID{"p3"}, dead: 18 * mib,
 		},
 		{
 			name:      "packs without live data are kopia's to delete",
@@ -66,17 +83,17 @@ func TestPlanCompaction(t *testing.T) {
 		{
 			name: "worst first, bounded by live bytes",
 			packs: []packLive{
-				pack("p1", 20*mib, 8*mib, 0), // 0.4
-				pack("p2", 20*mib, 2*mib, 0), // 0.1
-				pack("p3", 20*mib, 5*mib, 0), // 0.25
-				pack("p4", 20*mib, 9*mib, 0), // 0.45
+				pack("p1", 20*mib, 8*mib, 4*mib),  // 0.4
+				pack("p2", 20*mib, 2*mib, 10*mib), // 0.1
+				pack("p3", 20*mib, 5*mib, 7*mib),  // 0.25
+				pack("p4", 20*mib, 9*mib, 3*mib),  // 0.45
 			},
 			threshold: 0.5, maxBytes: 10 * mib,
 			selected: []blob.ID{"p2", "p3"}, pending: 2, dead: 56 * mib,
 		},
 		{
 			name:      "the first pack is taken even when larger than the bound",
-			packs:     []packLive{pack("p1", 20*mib, 6*mib, 0), pack("p2", 20*mib, 8*mib, 0)},
+			packs:     []packLive{pack("p1", 20*mib, 6*mib, 6*mib), pack("p2", 20*mib, 8*mib, 4*mib)},
 			threshold: 0.5, maxBytes: mib,
 			selected: []blob.ID{"p1"}, pending: 1, dead: 26 * mib,
 		},
@@ -88,9 +105,9 @@ func TestPlanCompaction(t *testing.T) {
 		},
 		{
 			name:      "equal ratios: more dead bytes first, then by ID",
-			packs:     []packLive{pack("pb", 10*mib, 2*mib, 0), pack("pa", 10*mib, 2*mib, 0), pack("pc", 20*mib, 4*mib, 0)},
+			packs:     []packLive{pack("pb", 15*mib, 3*mib, 10*mib), pack("pa", 15*mib, 3*mib, 10*mib), pack("pc", 20*mib, 4*mib, 8*mib)},
 			threshold: 0.5, maxBytes: 1 << 30,
-			selected: []blob.ID{"pc", "pa", "pb"}, dead: 32 * mib,
+			selected: []blob.ID{"pc", "pa", "pb"}, dead: 40 * mib,
 		},
 	}
 
@@ -98,27 +115,25 @@ func TestPlanCompaction(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			plan := planCompaction(tt.packs, tt.threshold, tt.maxBytes, shortPackLimit(20*mib))
 
-			var got []blob.ID
-			for _, p := range plan.selected {
-				got = append(got, p.id)
+			ids := func(ps []packLive) []blob.ID {
+				var out []blob.ID
+				for _, p := range ps {
+					out = append(out, p.id)
+				}
+
+				return out
 			}
 
-			if len(got) != len(tt.selected) {
+			if got := ids(plan.selected); !slices.Equal(got, tt.selected) {
 				t.Fatalf("selected %v, want %v", got, tt.selected)
 			}
 
-			for i := range got {
-				if got[i] != tt.selected[i] {
-					t.Fatalf("selected %v, want %v", got, tt.selected)
-				}
+			if got := ids(plan.short); !slices.Equal(got, tt.short) {
+				t.Fatalf("short %v, want %v", got, tt.short)
 			}
 
 			if n := len(plan.below) - len(plan.selected); n != tt.pending {
 				t.Errorf("pending %d packs, want %d", n, tt.pending)
-			}
-
-			if len(plan.awaiting) != tt.awaiting {
-				t.Errorf("awaiting %d packs, want %d", len(plan.awaiting), tt.awaiting)
 			}
 
 			if plan.dead != tt.dead {
@@ -206,6 +221,81 @@ func TestCompactionDue(t *testing.T) {
 	}
 }
 
+// fullRewriteDue must say exactly when kopia's own full rewrite would run:
+// then the step records a rewrite in its place.
+func TestFullRewriteDueMirrorsKopia(t *testing.T) {
+	t0 := time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC)
+	run := func(at time.Time, ok bool) maintenance.RunInfo {
+		return maintenance.RunInfo{Start: at, End: at.Add(time.Minute), Success: ok}
+	}
+
+	tests := []struct {
+		name   string
+		runs   map[maintenance.TaskType][]maintenance.RunInfo
+		safety maintenance.SafetyParameters
+		due    bool
+	}{
+		{name: "no rewrite ever", safety: maintenance.SafetyFull, due: true},
+		{
+			name:   "a deletion followed the last full rewrite",
+			safety: maintenance.SafetyFull, due: true,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:     {run(t0.Add(-24*time.Hour), true)},
+				maintenance.TaskDeleteOrphanedBlobsFull: {run(t0, true)},
+			},
+		},
+		{
+			name:   "the last full rewrite waits for its deletion, even when it rewrote nothing",
+			safety: maintenance.SafetyFull,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:     {run(t0, true)},
+				maintenance.TaskDeleteOrphanedBlobsFull: {run(t0.Add(-24*time.Hour), true)},
+			},
+		},
+		{
+			name:   "a quick deletion counts",
+			safety: maintenance.SafetyFull, due: true,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:      {run(t0.Add(-24*time.Hour), true)},
+				maintenance.TaskDeleteOrphanedBlobsQuick: {run(t0, true)},
+			},
+		},
+		{
+			name:   "a quick rewrite does not",
+			safety: maintenance.SafetyFull, due: true,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:     {run(t0.Add(-48*time.Hour), true)},
+				maintenance.TaskRewriteContentsQuick:    {run(t0, true)},
+				maintenance.TaskDeleteOrphanedBlobsFull: {run(t0.Add(-24*time.Hour), true)},
+			},
+		},
+		{
+			name:   "a failed rewrite does not",
+			safety: maintenance.SafetyFull, due: true,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:     {run(t0.Add(-48*time.Hour), true), run(t0, false)},
+				maintenance.TaskDeleteOrphanedBlobsFull: {run(t0.Add(-24*time.Hour), true)},
+			},
+		},
+		{
+			name:   "safety=none never waits",
+			safety: maintenance.SafetyNone, due: true,
+			runs: map[maintenance.TaskType][]maintenance.RunInfo{
+				maintenance.TaskRewriteContentsFull:     {run(t0, true)},
+				maintenance.TaskDeleteOrphanedBlobsFull: {run(t0.Add(-24*time.Hour), true)},
+			},
+		},
+	}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := fullRewriteDue(&maintenance.Schedule{Runs: tt.runs}, tt.safety); got != tt.due {
+				t.Fatalf("fullRewriteDue = %v, want %v", got, tt.due)
+			}
+		})
+	}
+}
+
 func TestCompactionResultExplain(t *testing.T) {
 	tests := []struct {
 		r    *CompactionResult
@@ -217,8 +307,12 @@ func TestCompactionResultExplain(t *testing.T) {
 			"nothing to do: no pack below live ratio 0.5; 19.5 KiB dead in all packs",
 		},
 		{
-			&CompactionResult{Threshold: 0.5, Skipped: CompactionNothingToDo, BelowThreshold: 1, AwaitingPacks: 1, DeadBytes: 12 << 20},
-			"nothing to rewrite yet: 1 pack below live ratio 0.5; 12.0 MiB dead in all packs; 1 pack waiting for kopia to drop deleted entries",
+			&CompactionResult{Threshold: 0.5, ShortPacks: 3, RewrittenBytes: 1 << 20, DeadBytes: 2 << 20},
+			"rewrote 1.0 MiB of live data out of 3 short packs; 2.0 MiB dead in all packs",
+		},
+		{
+			&CompactionResult{Threshold: 0.5, SelectedPacks: 1, ShortPacks: 1, RewrittenBytes: 5 << 20, DeadBytes: 12 << 20},
+			"rewrote 5.0 MiB of live data out of 1 pack below live ratio 0.5 and 1 short pack; 12.0 MiB dead in all packs",
 		},
 		{
 			&CompactionResult{Threshold: 0.5, SelectedPacks: 1, RewrittenBytes: 4 << 20, DeadBytes: 12 << 20},

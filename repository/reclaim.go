@@ -105,13 +105,23 @@ type cycleOutcome struct {
 	deletePacks bool
 }
 
-// step applies one full cycle at t and returns what it did.
+// step applies one full cycle at t, kopia's own, and returns what it did.
 func (m *cycleModel) step(t time.Time) cycleOutcome {
+	return m.cycle(t, m.fullRewriteDue())
+}
+
+// fullRewriteDue is kopia's shouldFullRewriteContents: a rewrite waits until
+// packs orphaned by the previous rewrite have been deleted.
+func (m *cycleModel) fullRewriteDue() bool {
+	return m.lastFullRewrite.IsZero() || m.safety.MinRewriteToOrphanDeletionDelay == 0 || !m.lastDelete.Before(m.lastFullRewrite)
+}
+
+// cycle applies one full cycle at t in which a full rewrite is recorded
+// when rewrite is set, and returns what it did.
+func (m *cycleModel) cycle(t time.Time, rewrite bool) cycleOutcome {
 	m.gcRuns = append(m.gcRuns, gcRun{start: t, end: t})
 
-	// shouldFullRewriteContents: a rewrite waits until packs orphaned by the
-	// previous rewrite have been deleted.
-	if m.lastFullRewrite.IsZero() || m.safety.MinRewriteToOrphanDeletionDelay == 0 || !m.lastDelete.Before(m.lastFullRewrite) {
+	if rewrite {
 		m.lastFullRewrite = t
 		m.lastRewrite = t
 	}
@@ -174,6 +184,7 @@ type packState struct {
 	written  time.Time
 	live     int64 // packed bytes of referenced contents
 	unref    int64 // packed bytes of unreferenced contents (marked or recent)
+	marked   int64 // of unref, the contents marked deleted in the index
 	lastMark time.Time
 	// pendingMark is the newest modification time of a recent unreferenced
 	// content: it will be marked by the first full cycle at least
@@ -290,6 +301,7 @@ func computeReclaim(ctx context.Context, dr repo.DirectRepository, sched *mainte
 		switch rc, isRecent := recent[recentKey(loggedContentID(ci.ContentID.String()), size, ci.Timestamp())]; {
 		case ci.Deleted:
 			p.unref += size
+			p.marked += size
 			if ts := ci.Timestamp(); ts.After(p.lastMark) {
 				p.lastMark = ts
 			}

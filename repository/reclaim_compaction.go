@@ -1,9 +1,8 @@
 package repository
 
 import (
-	"cmp"
 	"fmt"
-	"slices"
+	"math"
 	"time"
 
 	"github.com/kopia/kopia/repo/blob"
@@ -38,12 +37,19 @@ type CompactionOutlook struct {
 }
 
 // compactionCandidate is a mixed pack the step will compact, with the
-// first coming cycle (index into the predicted cycles) at which its
-// unreferenced contents are out of the index.
+// first coming cycle (index into the predicted cycles) at which its marked
+// entries are out of the index: the step may move its live contents at
+// once, but the emptied pack goes only when no index entry refers to it.
 type compactionCandidate struct {
 	id      blob.ID
 	length  int64
-	live    int64
+	written time.Time
+	// live is what the step rewrites: the referenced contents and the
+	// unreferenced ones snapshot GC has not marked yet, which the index
+	// still shows as live.
+	live int64
+	// short: a short pack the step consolidates whatever the bound.
+	short   bool
 	readyAt int // -1: never within the horizon
 }
 
@@ -77,57 +83,58 @@ func dropCycle(p *packState, cycles []cycleOutcome, safety maintenance.SafetyPar
 	return -1
 }
 
-// compactionCandidates lists the mixed packs the step will compact once
-// their unreferenced entries are gone: live ratio (referenced contents
-// over stored length) below threshold and enough dead space. The live
-// bytes here exclude unreferenced contents not yet marked, which the
-// step's own measure still counts as live until snapshot GC marks them.
+// compactionCandidates lists the mixed packs the step will compact, as
+// planCompaction chooses them from the step's own view of the index
+// (unmarked unreferenced contents count as live there): the sparse packs,
+// worst first, then the short packs it consolidates that hold dead space.
+// The outlook's dead bytes are what deleting them frees.
 func compactionCandidates(packs map[blob.ID]*packState, cycles []cycleOutcome, threshold float64, shortLimit int64, safety maintenance.SafetyParameters) []compactionCandidate {
-	var out []compactionCandidate
+	view := make([]packLive, 0, len(packs))
 
 	for id, p := range packs {
-		if p.live == 0 || p.length <= 0 || p.length-p.live < compactionMinDeadBytes || float64(p.live)/float64(p.length) >= threshold {
-			continue
-		}
-
-		ready := dropCycle(p, cycles, safety)
-		if p.unref >= shortLimit && p.pendingMark.IsZero() {
-			// Marked entries kopia will not count as a short pack: the
-			// step need not wait for their drop (planCompaction).
-			ready = 0
-		}
-
-		out = append(out, compactionCandidate{id: id, length: p.length, live: p.live, readyAt: ready})
+		view = append(view, packLive{id: id, length: p.length, live: p.live + p.unref - p.marked, deleted: p.marked})
 	}
 
-	// The step's order: worst live ratio first, then most dead bytes.
-	slices.SortFunc(out, func(a, b compactionCandidate) int {
-		ra, rb := float64(a.live)/float64(a.length), float64(b.live)/float64(b.length)
-		if c := cmp.Compare(ra, rb); c != 0 {
-			return c
-		}
+	plan := planCompaction(view, threshold, math.MaxInt64, shortLimit)
 
-		if c := cmp.Compare(b.length-b.live, a.length-a.live); c != 0 {
-			return c
-		}
+	var out []compactionCandidate
 
-		return cmp.Compare(a.id, b.id)
-	})
+	add := func(pl packLive, short bool) {
+		p := packs[pl.id]
+
+		// Once the step moved the live contents, only the marked entries
+		// keep the pack in the index.
+		left := *p
+		left.unref, left.pendingMark = p.marked, time.Time{}
+
+		out = append(out, compactionCandidate{id: pl.id, length: pl.length, written: p.written, live: pl.live, short: short, readyAt: dropCycle(&left, cycles, safety)})
+	}
+
+	for _, pl := range plan.below {
+		add(pl, false)
+	}
+
+	for _, pl := range plan.short {
+		if pl.length-pl.live >= compactionMinDeadBytes {
+			add(pl, true)
+		}
+	}
 
 	return out
 }
 
 // simulateWithCompaction replays the coming full cycles as simulate does,
-// with the compact-live step after kopia's tasks of each cycle: when due
-// (the newest rewrite that rewrote something was followed by a deletion),
-// it rewrites the ready candidates, worst first, up to maxBytes of live
-// data, which counts as a full rewrite for kopia's next decisions. It
-// returns the cycle outcomes and, per candidate, when the pack it empties
-// is deleted (zero: not within the cycles).
+// with the compact-live step in each of them before kopia's tasks: when due
+// (kopia's full rewrite is, or the newest rewrite that rewrote something was
+// followed by a deletion) it rewrites the short candidates (when kopia's
+// rewrite is due) and the sparse ones, worst first, up to maxBytes of live data, and records a full rewrite
+// whenever kopia's was due or it moved something. It returns the cycle
+// outcomes and, per candidate, when the pack it empties is deleted (zero:
+// not within the cycles): at a cycle that deletes orphaned packs, at or
+// after the compaction and the drop of the pack's marked entries.
 //
-// Kopia's own full rewrites in the coming cycles are assumed to rewrite
-// nothing (no short packs): a rewrite that does rewrite would hold the step
-// back by one more cycle.
+// Short packs that are not candidates (no dead space) are assumed to stay
+// as they are: consolidating them would not change the alternation.
 func simulateWithCompaction(m cycleModel, times []time.Time, lastActive time.Time, cands []compactionCandidate, maxBytes int64) ([]cycleOutcome, []time.Time) {
 	m.gcRuns = append([]gcRun(nil), m.gcRuns...)
 
@@ -136,44 +143,58 @@ func simulateWithCompaction(m cycleModel, times []time.Time, lastActive time.Tim
 	gone := make([]time.Time, len(cands))
 
 	for i, t := range times {
-		o := m.step(t)
-		out = append(out, o)
+		kopiaDue := m.fullRewriteDue()
 
-		if o.deletePacks {
-			for c := range cands {
-				if done[c] > 0 && done[c]-1 < i && gone[c].IsZero() {
-					gone[c] = t
+		var took bool
+
+		if kopiaDue || lastActive.IsZero() || !m.lastDelete.Before(lastActive) {
+			var (
+				total  int64
+				sparse int
+				full   bool
+			)
+
+			// planCompaction's choice: every short candidate; the sparse
+			// ones in order while they fit, the first always.
+			for c, cand := range cands {
+				if done[c] > 0 || (cand.short && !kopiaDue) {
+					continue
 				}
+
+				if !cand.short {
+					if full || (sparse > 0 && total+cand.live > maxBytes) {
+						full = true
+						continue
+					}
+
+					total += cand.live
+					sparse++
+				}
+
+				done[c] = i + 1
+				took = true
 			}
-		}
-
-		if !lastActive.IsZero() && m.lastDelete.Before(lastActive) {
-			continue
-		}
-
-		var (
-			total int64
-			took  bool
-		)
-
-		for c, cand := range cands {
-			if done[c] > 0 || cand.readyAt < 0 || cand.readyAt > i {
-				continue
-			}
-
-			if took && total+cand.live > maxBytes {
-				break
-			}
-
-			done[c] = i + 1
-			total += cand.live
-			took = true
 		}
 
 		if took {
-			// The step's rewrite ends after kopia's tasks of the cycle.
-			at := t.Add(time.Second)
-			m.lastFullRewrite, m.lastRewrite, lastActive = at, at, at
+			lastActive = t
+		}
+
+		o := m.cycle(t, kopiaDue || took)
+		out = append(out, o)
+
+		if !o.deletePacks {
+			continue
+		}
+
+		for c, cand := range cands {
+			if done[c] == 0 || !gone[c].IsZero() || cand.readyAt < 0 || cand.readyAt > i {
+				continue
+			}
+
+			if t.Add(time.Second).Sub(cand.written) >= m.safety.PackDeleteMinAge {
+				gone[c] = t
+			}
 		}
 	}
 

@@ -386,26 +386,20 @@ func (m *Manager) Run(ctx context.Context, held *lease.Held, name string, req Ru
 					if err := snapshotgc.Run(ctx, dw, true, params, rp.MaintenanceStartTime); err != nil {
 						return fmt.Errorf("snapshot gc: %w", err)
 					}
+
+					// The cycle's rewrite, in place of kopia's own (which
+					// would copy deleted entries): live contents of short
+					// and of sparse packs. Kopia's tasks that follow drop
+					// deleted entries and delete orphaned packs.
+					res, err := compactLive(ctx, dw, s.spec.Compaction, params, s.log)
+					report.Compaction = res
+
+					if err != nil {
+						return fmt.Errorf("%s: %w", TaskCompactLive, err)
+					}
 				}
 
-				if err := maintenance.Run(ctx, rp, params); err != nil {
-					return err
-				}
-
-				if rp.Mode != maintenance.ModeFull {
-					return nil
-				}
-
-				// After kopia's own tasks, in the same exclusive section:
-				// free deleted data that shares packs with live data.
-				res, err := compactLive(ctx, dw, s.spec.Compaction, params, s.log)
-				report.Compaction = res
-
-				if err != nil {
-					return fmt.Errorf("%s: %w", TaskCompactLive, err)
-				}
-
-				return nil
+				return maintenance.Run(ctx, rp, params)
 			})
 
 			if ran {

@@ -198,9 +198,9 @@ func TestCompactionSurvivesSIGKILL(t *testing.T) {
 			logs.WriteString(sc.Text() + "\n")
 			mu.Unlock()
 
-			// cleanup-logs is kopia's last task of a full cycle: the
-			// compact-live step comes next.
-			if strings.Contains(sc.Text(), "maintenance task finished") && strings.Contains(sc.Text(), "cleanup-logs") {
+			// snapshot-gc opens a full cycle: the compact-live step, the
+			// cycle's rewrite, comes next.
+			if strings.Contains(sc.Text(), "maintenance task finished") && strings.Contains(sc.Text(), `"snapshot-gc"`) {
 				once.Do(func() { close(lastTask) })
 			}
 		}
@@ -214,7 +214,7 @@ func TestCompactionSurvivesSIGKILL(t *testing.T) {
 		_ = cmd.Process.Kill()
 		mu.Lock()
 		defer mu.Unlock()
-		t.Fatalf("kopia's tasks did not finish:\n%s", logs.String())
+		t.Fatalf("snapshot GC did not finish:\n%s", logs.String())
 	}
 
 	// Inside the step: listing and measuring take a few round trips, the
