@@ -493,8 +493,8 @@ func (e *env) landing(d *daemon, from, pid int) (string, bool) {
 	case running != "":
 		return "in " + running + ", after " + finished[len(finished)-1], true
 	case finished[len(finished)-1] == "cleanup-logs":
-		// kopia's last task: the daemon's own steps follow (compact-live,
-		// the health inspection, the schedule).
+		// kopia's last task: the daemon's own steps follow (the health
+		// inspection, the schedule).
 		return "after kopia's tasks", true
 	default:
 		return "after " + finished[len(finished)-1], true

@@ -141,7 +141,7 @@ func writeMixedPackSnapshots(t *testing.T, e *gateEnv, attempt int) {
 
 // TestCompactionSurvivesSIGKILL: the daemon binary is killed with SIGKILL
 // while its compact-live step rewrites (storage slowed by toxiproxy, the
-// kill right after kopia's last task of the cycle). The repository then
+// kill shortly after the cycle's snapshot GC, which the step follows). The repository then
 // verifies with the kopia CLI; run-once right after the kill is refused
 // (the dead process's lease is not broken while it could be live). Once
 // that lease is stale, the next gated safety=none cycles take it over: the
