@@ -87,15 +87,12 @@ install_staticcheck() {
 # bookworm; the packaged services are not started) and links them into $bin.
 # The end-to-end tests lint the daemon's /metrics with promtool.
 install_prometheus() {
-  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ -z "$(system_command prometheus)" ] || [ -z "$(system_command promtool)" ]; then
     log "installing prometheus from Debian packages"
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    apt_install prometheus
   fi
-  ln -sf "$(command -v prometheus)" "$bin/prometheus"
-  ln -sf "$(command -v promtool)" "$bin/promtool"
+  link_system_command prometheus
+  link_system_command promtool
 }
 
 # install_toxiproxy builds the toxiproxy server, which the tests put between
@@ -111,6 +108,25 @@ install_toxiproxy() {
   ln -sf "$dest" "$bin/toxiproxy-server"
 }
 
+# system_command prints the path of a command installed on the system: found
+# on PATH without $bin, whose links to it this script makes (with $bin first
+# on PATH, a plain lookup finds the link itself and would link it to itself).
+system_command() {
+  local path
+  path=$(printf '%s' "$PATH" | tr ':' '\n' | { grep -vxF "$bin" || true; } | paste -sd: -)
+  PATH="$path" command -v "$1" || true
+}
+
+# link_system_command links a system command into $bin.
+link_system_command() {
+  local target; target=$(system_command "$1")
+  if [ -z "$target" ]; then
+    log "$1 is not installed"
+    return 1
+  fi
+  ln -sf "$target" "$bin/$1"
+}
+
 # apt_install installs Debian packages, as root or through sudo -n.
 apt_install() {
   local sudo=""
@@ -123,11 +139,11 @@ apt_install() {
 # etcd-server; its service is not needed) and links it into $bin. The
 # Kubernetes tests run a kube-apiserver against it.
 install_etcd() {
-  if ! command -v etcd >/dev/null; then
+  if [ -z "$(system_command etcd)" ]; then
     log "installing etcd from Debian packages"
     apt_install etcd-server
   fi
-  ln -sf "$(command -v etcd)" "$bin/etcd"
+  link_system_command etcd
 }
 
 # install_kube_apiserver builds the real kube-apiserver from the tools module
