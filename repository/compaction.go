@@ -271,10 +271,9 @@ func compactionDue(s *maintenance.Schedule) bool {
 // rewrite even if it moves nothing, so that kopia's own, which would copy
 // deleted entries, does not run in the cycle.
 func fullRewriteDue(s *maintenance.Schedule, params maintenance.SafetyParameters) bool {
-	lastRewrite := newestSuccess(s.Runs[maintenance.TaskRewriteContentsFull]).End
-	lastDelete := maxTime(newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsFull]).End, newestSuccess(s.Runs[maintenance.TaskDeleteOrphanedBlobsQuick]).End)
+	m := modelFromSchedule(s, params)
 
-	return lastRewrite.IsZero() || params.MinRewriteToOrphanDeletionDelay == 0 || !lastDelete.Before(lastRewrite)
+	return m.fullRewriteDue()
 }
 
 // rewroteSomething reports whether a rewrite run's statistics show any
@@ -388,21 +387,21 @@ func compactLive(ctx context.Context, dw repo.DirectRepositoryWriter, cfg Compac
 		return res, fmt.Errorf("read pack size: %w", err)
 	}
 
-	plan := planCompaction(packs, res.Threshold, res.MaxBytes, shortPackLimit(mp.MaxPackSize))
-	res.fill(packs, plan)
-
 	sched, err := maintenance.GetSchedule(ctx, dw)
 	if err != nil {
 		return res, fmt.Errorf("read maintenance schedule: %w", err)
 	}
+
+	plan := planCompaction(packs, res.Threshold, res.MaxBytes, shortPackLimit(mp.MaxPackSize))
 
 	// Short packs are consolidated on kopia's rewrite days only, as kopia
 	// would: the alternation of rewrites and deletions keeps its phase.
 	kopiaDue := fullRewriteDue(sched, params)
 	if !kopiaDue {
 		plan.short = nil
-		res.ShortPacks, res.ShortBytes = 0, 0
 	}
+
+	res.fill(packs, plan)
 
 	work := len(plan.short) + len(plan.selected)
 
